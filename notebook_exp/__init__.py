@@ -1,0 +1,75 @@
+"""notebook_exp: run and track ML experiments from Jupyter.
+
+    import notebook_exp as nx
+    with nx.start_run("baseline", experiment="mnist", params={"lr": 0.1}) as run:
+        run.log(loss=0.3, step=1)
+    nx.runs("mnist")
+
+Everything here is imported on first use, so ``import notebook_exp`` and
+``%load_ext notebook_exp`` stay light (no duckdb, panel, ray, mlflow, pynvml).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ConfigError": "notebook_exp.exceptions",
+    "GpuUnavailable": "notebook_exp.exceptions",
+    "InvalidMetric": "notebook_exp.exceptions",
+    "MissingDependency": "notebook_exp.exceptions",
+    "NotebookExpError": "notebook_exp.exceptions",
+    "Run": "notebook_exp.tracking.run",
+    "RunCancelled": "notebook_exp.exceptions",
+    "RunInterrupted": "notebook_exp.exceptions",
+    "RunStatus": "notebook_exp.models",
+    "RunTimedOut": "notebook_exp.exceptions",
+    "Settings": "notebook_exp.config",
+    "SinkError": "notebook_exp.exceptions",
+    "StoreError": "notebook_exp.exceptions",
+    "StoreLocked": "notebook_exp.exceptions",
+    "current_run": "notebook_exp.tracking.run",
+    "get_settings": "notebook_exp.config",
+    "metrics": "notebook_exp.store.queries",
+    "runs": "notebook_exp.store.queries",
+    "sql": "notebook_exp.store.queries",
+    "start_run": "notebook_exp.tracking.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'notebook_exp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .config import Settings, get_settings
+    from .exceptions import (
+        ConfigError,
+        GpuUnavailable,
+        InvalidMetric,
+        MissingDependency,
+        NotebookExpError,
+        RunCancelled,
+        RunInterrupted,
+        RunTimedOut,
+        SinkError,
+        StoreError,
+        StoreLocked,
+    )
+    from .models import RunStatus
+    from .store.queries import metrics, runs, sql
+    from .tracking.run import Run, current_run, start_run

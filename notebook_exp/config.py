@@ -1,0 +1,124 @@
+"""Settings: the one place that reads the environment.
+
+Every field can be set with an environment variable ``NOTEBOOK_EXP_<FIELD>``
+(``NOTEBOOK_EXP_STORE``, ``NOTEBOOK_EXP_SINKS=duckdb,jsonl``, ...) or in a TOML
+file: the file named by ``NOTEBOOK_EXP_CONFIG``, else ``./notebook_exp.toml``
+when present. The environment wins over the file. Components never read the
+environment themselves: they receive a ``Settings`` (or a plugin's own settings
+from :func:`plugin_settings`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["DEFAULT_STORE", "Settings", "get_settings", "plugin_settings", "reset_settings"]
+
+ENV_PREFIX = "NOTEBOOK_EXP_"
+DEFAULT_STORE = Path(".notebook_exp") / "store.duckdb"
+DEFAULT_CONFIG_FILE = Path("notebook_exp.toml")
+
+
+def _split_names(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """notebook_exp settings; see the module docstring for where they come from."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    store: Path = Field(
+        DEFAULT_STORE,
+        description="Path of the DuckDB store file; relative paths are taken from the working directory.",
+    )
+    flush_interval: float = Field(
+        0.5, gt=0, le=60, description="Seconds between flushes of a run's metric buffer to the sinks."
+    )
+    flush_rows: int = Field(
+        100_000, ge=1, description="A run's buffer is flushed early once it holds this many points."
+    )
+    sinks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["duckdb"],
+        description="Names (entry points of group notebook_exp.sinks) of the sinks every run uses.",
+    )
+    sink_queue_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description=(
+            "Points a slow sink may have pending before newer batches are dropped for it "
+            "(counted and reported at run end). The duckdb sink never drops."
+        ),
+    )
+    sink_retries: int = Field(
+        3, ge=0, description="Times a failing sink call is retried (with backoff) before the sink is disabled."
+    )
+    lock_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a reader waits for a store held by another process before raising StoreLocked.",
+    )
+    fake_gpus: int | None = Field(
+        None, ge=0, description="Declare this many virtual GPUs instead of asking NVML (tests, demos, CI)."
+    )
+    lock_dir: Path | None = Field(
+        None, description="Machine-wide directory for GPU lease lock files (default: a folder in the temp dir)."
+    )
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _parse_sinks(cls, value: Any) -> Any:
+        return _split_names(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get(ENV_PREFIX + "CONFIG") or (
+            DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+        )
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    @property
+    def store_path(self) -> Path:
+        """The store file as an absolute path."""
+        return self.store.expanduser().absolute()
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment and config file."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings so the next ``get_settings()`` reads them again."""
+    get_settings.cache_clear()
+
+
+def plugin_settings(plugin: str, model: type[BaseSettings]) -> BaseSettings:
+    """A plugin's own settings, from ``NOTEBOOK_EXP_<PLUGIN>_<FIELD>`` variables."""
+    prefix = f"{ENV_PREFIX}{plugin.upper()}_"
+    return model(_env_prefix=prefix)

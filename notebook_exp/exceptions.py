@@ -1,0 +1,95 @@
+"""The one error tree of notebook_exp.
+
+Every error the package raises on purpose derives from ``NotebookExpError``;
+errors from DuckDB, NVML and plugins are translated at one boundary each.
+Some also derive from the builtin a caller would naturally catch::
+
+    NotebookExpError
+    ├── ConfigError                 bad settings or arguments        (+ ValueError)
+    ├── InvalidMetric               a value or key run.log can't take (+ TypeError)
+    ├── MissingDependency           an optional extra is not installed (+ ImportError)
+    ├── StoreError                  the DuckDB store cannot be used
+    │   └── StoreLocked             another process holds the file (names its PID)
+    ├── SinkError                   a sink plugin failed to load or start
+    ├── RunInterrupted              raised inside a run by its next run.log()
+    │   ├── RunCancelled
+    │   └── RunTimedOut
+    └── GpuUnavailable              NVML failed, or no GPU can be leased
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "GpuUnavailable",
+    "InvalidMetric",
+    "MissingDependency",
+    "NotebookExpError",
+    "RunCancelled",
+    "RunInterrupted",
+    "RunTimedOut",
+    "SinkError",
+    "StoreError",
+    "StoreLocked",
+]
+
+
+class NotebookExpError(Exception):
+    """Root of every error notebook_exp raises on purpose."""
+
+
+class ConfigError(NotebookExpError, ValueError):
+    """Settings, arguments or specs that cannot be used."""
+
+
+class InvalidMetric(NotebookExpError, TypeError):
+    """A metric value that is not a real number, or a key that cannot be stored."""
+
+
+class MissingDependency(NotebookExpError, ImportError):
+    """An optional integration is used without its extra installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'notebook-exp[{extra}]'"
+        )
+
+
+class StoreError(NotebookExpError):
+    """The DuckDB store cannot be opened, created or written."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's file lock for longer than we waited."""
+
+    def __init__(self, path: str, pid: int | None, waited: float) -> None:
+        self.path = path
+        self.pid = pid
+        self.waited = waited
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"store {path} is locked by {holder}; gave up after {waited:.1f} s "
+            "(a reader that keeps the file open blocks writers: close it)"
+        )
+
+
+class SinkError(NotebookExpError):
+    """A sink plugin could not be found, loaded or started."""
+
+
+class RunInterrupted(NotebookExpError):
+    """Raised inside a run (at its next ``run.log``) to stop it."""
+
+
+class RunCancelled(RunInterrupted):
+    """The run was cancelled."""
+
+
+class RunTimedOut(RunInterrupted):
+    """The run passed its timeout."""
+
+
+class GpuUnavailable(NotebookExpError):
+    """NVML could not be used, or the GPUs asked for cannot be leased."""

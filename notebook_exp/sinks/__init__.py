@@ -1,0 +1,5 @@
+"""Metric sinks: the ``Sink`` contract, the registry, and the built-in sinks."""
+
+from .base import Sink
+
+__all__ = ["Sink"]

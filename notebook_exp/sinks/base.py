@@ -1,0 +1,76 @@
+"""The ``Sink`` contract.
+
+A sink receives what one run logs. notebook_exp makes one sink instance per run
+(from its entry point, or the instance passed in ``sinks=``) and calls, in order::
+
+    start_run(run)                    in the thread that starts the run; raising
+                                      here fails ``start_run`` loudly
+    log_params(params)*  set_tags(tags)*  log_metrics(batch)*
+    log_text(...)*  log_histogram(...)*  log_image(...)*  log_artifact(...)*  flush()*
+                                      from the sink's own worker thread, in the
+                                      order the run logged them
+    end_run(status, error)            once, after the last batch
+    close()                           once, always, even after a failure
+
+Everything after ``start_run`` runs on one worker thread per sink and run, so a
+sink needs no locking of its own and a slow sink never blocks ``run.log`` nor
+other sinks. A call that raises is retried with backoff (``sink_retries``
+times); if it still fails the sink is disabled for the rest of the run with one
+warning, and the other sinks lose nothing. Errors from ``end_run``/``close`` are
+logged and never replace the run's own outcome.
+
+Backpressure: a sink may hold at most ``max_pending_rows`` points in its queue
+(``None``: no bound). Past that, new batches are dropped for that sink, counted,
+and reported when the run ends. Only ``log_metrics`` is required.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..models import MetricBatch, RunInfo, RunStatus
+
+__all__ = ["Sink"]
+
+
+class Sink:
+    """Base class of metric sinks; see the module docstring for the contract."""
+
+    #: Entry-point name, filled in by the registry for registered sinks.
+    name: ClassVar[str] = ""
+    #: Points this sink may have queued before batches are dropped (None: never drop).
+    max_pending_rows: ClassVar[int | None] = 1_000_000
+
+    def start_run(self, run: RunInfo) -> None:
+        """The run starts; raise to refuse it (the run then fails to start)."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params were set or updated (the full, merged mapping)."""
+
+    def set_tags(self, tags: list[str]) -> None:
+        """The run's tags are now ``tags``."""
+
+    def log_metrics(self, batch: MetricBatch) -> None:
+        """A batch of points, in logging order within each key."""
+        raise NotImplementedError
+
+    def log_text(self, key: str, step: int, ts: float, text: str) -> None:
+        """A text record."""
+
+    def log_histogram(self, key: str, step: int, ts: float, bin_edges: list[float], counts: list[int]) -> None:
+        """A histogram: ``len(bin_edges) == len(counts) + 1``."""
+
+    def log_image(self, key: str, step: int, ts: float, png: bytes, width: int, height: int) -> None:
+        """An image, PNG-encoded."""
+
+    def log_artifact(self, name: str, path: str) -> None:
+        """A file stored with the run at ``path``."""
+
+    def flush(self) -> None:
+        """Make everything received so far durable (``run.flush()`` waits for this)."""
+
+    def end_run(self, status: RunStatus, error: str | None) -> None:
+        """The run ended; ``error`` is the reason or traceback when it did not complete."""
+
+    def close(self) -> None:
+        """Release resources; called once, last."""

@@ -1,0 +1,195 @@
+"""Hands a run's batches to its sinks, each on its own worker thread.
+
+The failure policy lives here and only here (STYLE.md item 6):
+
+* ``start_run`` failing fails the run's start loudly (``SinkError``);
+* a later call failing is retried ``retries`` times with exponential backoff and
+  jitter, then the sink is disabled for the run with one warning; what it then
+  misses is counted as dropped; other sinks are untouched;
+* ``end_run`` and ``close`` failures are logged and never mask the run's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import warnings
+from collections import deque
+
+from ..exceptions import SinkError
+from ..models import RunInfo, RunStatus
+from .base import Sink
+
+__all__ = ["Dispatcher", "SinkWorker"]
+
+log = logging.getLogger("notebook_exp.sinks")
+
+BACKOFF_BASE = 0.05
+_FINAL = ("end_run", "close")
+
+
+def _label(sink: Sink) -> str:
+    return getattr(sink, "name", "") or type(sink).__name__
+
+
+class SinkWorker:
+    """One sink of one run: a queue and the thread that drains it in order."""
+
+    def __init__(self, sink: Sink, run_id: str, retries: int, queue_rows: int) -> None:
+        self.sink = sink
+        self.run_id = run_id
+        self.retries = retries
+        bound = sink.max_pending_rows
+        self.limit = None if bound is None else min(bound, queue_rows)
+        self.dropped = 0
+        self.disabled = False
+        self._queue: deque = deque()
+        self._pending_rows = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"notebook_exp-sink[{_label(sink)}:{run_id[:8]}]", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, method: str, args: tuple, rows: int = 0) -> None:
+        with self._cond:
+            if self._closed:
+                if method == "__sync__":
+                    args[0].set()
+                return
+            if method != "__sync__" and (self.disabled or (
+                self.limit is not None and rows and self._pending_rows + rows > self.limit
+            )):
+                self.dropped += rows
+                return
+            self._queue.append((method, args, rows))
+            self._pending_rows += rows
+            self._cond.notify()
+
+    def finish(self, status: RunStatus, error: str | None) -> None:
+        """Queue ``end_run`` and ``close``; no more puts are taken."""
+        with self._cond:
+            self._queue.append(("end_run", (status, error), 0))
+            self._queue.append(("close", (), 0))
+            self._closed = True
+            self._cond.notify()
+
+    def join(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                method, args, rows = self._queue.popleft()
+            if method == "__sync__":
+                args[0].set()
+            elif not self.disabled or method in _FINAL:
+                self._call(method, args, rows)
+            with self._cond:
+                self._pending_rows -= rows
+            if method == "close":
+                return
+
+    def _call(self, method: str, args: tuple, rows: int) -> None:
+        fn = getattr(self.sink, method)
+        if method in _FINAL:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - never masks the run's own outcome
+                log.exception("sink %s: %s failed for run %s", _label(self.sink), method, self.run_id)
+            return
+        for attempt in range(self.retries + 1):
+            try:
+                fn(*args)
+                return
+            except Exception as exc:  # noqa: BLE001 - isolate the plugin
+                if attempt == self.retries:
+                    self._disable(method, exc, rows)
+                    return
+                time.sleep(BACKOFF_BASE * 2**attempt * random.uniform(0.5, 1.5))
+
+    def _disable(self, method: str, exc: Exception, rows: int) -> None:
+        with self._cond:
+            self.disabled = True
+            self.dropped += rows + sum(r for _m, _a, r in self._queue)
+        warnings.warn(
+            f"sink {_label(self.sink)!r} disabled for run {self.run_id} after "
+            f"{self.retries + 1} failed attempts of {method}: {exc!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+class Dispatcher:
+    """The sinks of one run."""
+
+    def __init__(self, run: RunInfo, sinks: list[Sink], retries: int, queue_rows: int) -> None:
+        self.run = run
+        self.sinks = sinks
+        self.retries = retries
+        self.queue_rows = queue_rows
+        self.workers: list[SinkWorker] = []
+
+    def start(self) -> None:
+        """Call every sink's ``start_run`` here and now; ``SinkError`` on failure."""
+        started: list[Sink] = []
+        for sink in self.sinks:
+            try:
+                sink.start_run(self.run)
+            except Exception as exc:
+                for done in started:
+                    _quiet_close(done)
+                _quiet_close(sink)
+                raise SinkError(
+                    f"sink {_label(sink)!r} failed to start run {self.run.run_id}: {exc!r}"
+                ) from exc
+            started.append(sink)
+        self.workers = [
+            SinkWorker(sink, self.run.run_id, self.retries, self.queue_rows) for sink in self.sinks
+        ]
+
+    def publish(self, method: str, *args, rows: int = 0) -> None:
+        for worker in self.workers:
+            worker.put(method, args, rows)
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Ask every sink to ``flush`` and wait until all did (or ``timeout``)."""
+        events = []
+        for worker in self.workers:
+            event = threading.Event()
+            worker.put("flush", ())
+            worker.put("__sync__", (event,))
+            events.append(event)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for event in events:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not event.wait(left):
+                return False
+        return True
+
+    def finish(self, status: RunStatus, error: str | None, timeout: float | None = None) -> dict[str, int]:
+        """End every sink and wait for them; returns points dropped per sink."""
+        for worker in self.workers:
+            worker.finish(status, error)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self.workers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not worker.join(left):
+                log.warning(
+                    "sink %s of run %s did not finish within %.0f s; leaving it behind",
+                    _label(worker.sink), self.run.run_id, timeout,
+                )
+        return {_label(w.sink): w.dropped for w in self.workers if w.dropped}
+
+
+def _quiet_close(sink: Sink) -> None:
+    try:
+        sink.close()
+    except Exception:  # noqa: BLE001
+        log.exception("sink %s: close failed", _label(sink))

@@ -1,0 +1,282 @@
+"""One DuckDB store file as seen from this process.
+
+DuckDB lets one process at a time hold a file read-write, and a reader that
+keeps it open blocks every writer (DESIGN.md §4). So a ``Store`` keeps an
+in-memory connection and attaches the file only for short sessions::
+
+    ATTACH 'store.duckdb' AS store   -- retried on lock conflicts, jittered 2-10 ms
+    ... one transaction ...
+    DETACH store
+
+The writer may hold its attachment for a bounded window when it has more to
+write. All sessions of one process go through one lock, so the writer thread
+and in-process readers never step on each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..exceptions import StoreError, StoreLocked
+from . import schema
+
+__all__ = ["Store", "close_all", "get_store", "utcnow"]
+
+log = logging.getLogger("notebook_exp.store")
+
+_PID_RE = re.compile(r"PID (\d+)")
+DEFAULT_WARN_AFTER = 5.0
+HOST = socket.gethostname()
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC timestamp the store keeps."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def holder_pid(exc: Exception) -> int | None:
+    """The PID DuckDB names in a lock-conflict error, if any."""
+    match = _PID_RE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+class Store:
+    """A store file and this process's one connection to it."""
+
+    def __init__(self, path: str | os.PathLike, lock_timeout: float = 120.0) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.lock_timeout = lock_timeout
+        self._lock = threading.RLock()
+        self._conn = None
+        self._mode: str | None = None  # None, "ro" or "rw"
+        self._ready = False  # schema checked and lost runs recovered
+        self._writer = None
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- connection ---------------------------------------------------------
+    def _connection(self):
+        if self._conn is None:
+            import duckdb
+
+            self._conn = duckdb.connect(
+                ":memory:",
+                config={
+                    "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False,
+                },
+            )
+        return self._conn
+
+    def _attach(self, write: bool, timeout: float | None) -> None:
+        want = "rw" if write else "ro"
+        if self._mode == want:
+            return  # a read never reuses a read-write attachment: queries stay read-only
+        if self._mode is not None:
+            self._detach()
+        if write:
+            self._make_parent()
+        elif not self.path.exists():
+            raise StoreError(f"no store at {self.path} (nothing has been logged there yet)")
+        conn = self._connection()
+        quoted = str(self.path).replace("'", "''")
+        sql = f"ATTACH '{quoted}' AS store" + ("" if write else " (READ_ONLY)")
+        start = time.monotonic()
+        warned = False
+        import duckdb
+
+        while True:
+            try:
+                conn.execute(sql)
+                break
+            except duckdb.Error as exc:
+                if not _is_lock_conflict(exc):
+                    raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+                waited = time.monotonic() - start
+                if timeout is not None and waited >= timeout:
+                    raise StoreLocked(str(self.path), holder_pid(exc), waited) from exc
+                if not warned and waited >= DEFAULT_WARN_AFTER:
+                    warned = True
+                    log.warning(
+                        "store %s is held by process %s for %.0f s; still waiting",
+                        self.path, holder_pid(exc), waited,
+                    )
+                time.sleep(random.uniform(0.002, 0.010))
+        conn.execute("USE store")
+        self._mode = want
+        if write and not self._ready:
+            self._prepare(conn)
+
+    def _detach(self) -> None:
+        if self._mode is None:
+            return
+        conn = self._conn
+        conn.execute("USE memory")
+        conn.execute("DETACH store")
+        self._mode = None
+
+    def _make_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of store {self.path}: {exc}") from exc
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StoreError(f"cannot write store {self.path}: permission denied")
+
+    def _prepare(self, conn) -> None:
+        conn.execute("BEGIN")
+        try:
+            conn.execute(schema.TABLES)
+            conn.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                [schema.SCHEMA_VERSION],
+            )
+            _recover_lost_runs(conn)
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        self._ready = True
+
+    @contextlib.contextmanager
+    def session(self, write: bool = False, timeout: float | None = -1.0, keep: bool = False) -> Iterator:
+        """Attach the file (read-write or read-only) and yield the connection.
+
+        ``timeout`` is how long to wait for another process's lock: ``None``
+        waits for ever (writers never drop data), the default is the store's
+        ``lock_timeout``. With ``keep`` the file stays attached afterwards
+        until :meth:`release` (the writer's bounded window).
+        """
+        if timeout is not None and timeout < 0:
+            timeout = self.lock_timeout
+        with self._lock:
+            self._attach(write, timeout)
+            try:
+                yield self._conn
+            finally:
+                if not keep:
+                    self._detach()
+
+    @property
+    def ready(self) -> bool:
+        """Whether this process already created or checked the file and schema."""
+        return self._ready
+
+    def release(self) -> None:
+        """Detach the file if a kept session left it attached."""
+        with self._lock:
+            self._detach()
+
+    def ensure(self) -> None:
+        """Create the file and schema now; raises ``StoreError`` naming the path."""
+        with self.session(write=True, timeout=self.lock_timeout):
+            pass
+
+    # -- reading ------------------------------------------------------------
+    def query(self, sql: str, params=None):
+        """Run a read-only query and return a pandas DataFrame."""
+        with self.session(write=False) as conn:
+            cur = conn.execute(sql, params) if params is not None else conn.execute(sql)
+            return cur.df()
+
+    def query_arrow(self, sql: str, params=None):
+        with self.session(write=False) as conn:
+            cur = conn.execute(sql, params) if params is not None else conn.execute(sql)
+            return cur.fetch_arrow_table()
+
+    # -- writing ------------------------------------------------------------
+    @property
+    def writer(self):
+        """This process's background writer for the store (started lazily)."""
+        with self._lock:
+            if self._writer is None or self._writer.stopped:
+                from .writer import StoreWriter
+
+                self._writer = StoreWriter(self)
+            return self._writer
+
+    def close(self) -> None:
+        """Flush and stop the writer and drop the connection."""
+        writer = self._writer
+        if writer is not None:
+            writer.stop()
+        with self._lock:
+            self._detach()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if started is not None and abs(proc.create_time() - started) > 1.0:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def _recover_lost_runs(conn) -> None:
+    """Mark ``running`` runs of this host whose process is gone as ``failed``."""
+    rows = conn.execute(
+        "SELECT run_id, pid, pid_started FROM runs WHERE status = 'running' AND host = ?", [HOST]
+    ).fetchall()
+    for run_id, pid, started in rows:
+        if pid is None or _process_alive(pid, started):
+            continue
+        reason = f"lost: process {pid} on {HOST} exited without ending the run"
+        conn.execute(
+            "UPDATE runs SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ?",
+            [reason, utcnow(), run_id],
+        )
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, 'lost', ?, ?, ?)",
+            [run_id, utcnow(), reason, HOST, os.getpid()],
+        )
+
+
+_stores: dict[Path, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(path: str | os.PathLike, lock_timeout: float | None = None) -> Store:
+    """The process-wide ``Store`` for a path (one connection per file)."""
+    key = Path(path).expanduser().absolute()
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = Store(key, lock_timeout if lock_timeout is not None else 120.0)
+        return store
+
+
+def close_all() -> None:
+    """Flush and close every store this process opened (at exit, in tests)."""
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        try:
+            store.close()
+        except Exception:  # never mask anything at shutdown
+            log.exception("closing %s failed", store)

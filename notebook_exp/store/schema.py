@@ -1,0 +1,105 @@
+"""The store's tables. Names in DESIGN.md §4 are a contract; others may grow.
+
+Timestamps are UTC. ``metrics`` rows are inserted sorted by run, key, step in
+each flush so one run's points sit together on disk; ``metric_summary`` keeps
+per run and key the count, first/last step, last value and finite min/max so
+listing runs never scans ``metrics``.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = "1"
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    experiment VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    params JSON,
+    tags VARCHAR[],
+    created_at TIMESTAMP,
+    started_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    error VARCHAR,
+    host VARCHAR,
+    pid INTEGER,
+    pid_started DOUBLE,
+    executor VARCHAR,
+    priority INTEGER,
+    attempts INTEGER DEFAULT 0,
+    gpus INTEGER[],
+    source VARCHAR,
+    output VARCHAR,
+    dropped BIGINT DEFAULT 0,
+    spec JSON
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    step BIGINT NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    value DOUBLE
+);
+CREATE TABLE IF NOT EXISTS metric_summary (
+    run_id VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    count BIGINT,
+    first_step BIGINT,
+    last_step BIGINT,
+    last_value DOUBLE,
+    min_value DOUBLE,
+    max_value DOUBLE,
+    last_ts TIMESTAMP,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id VARCHAR,
+    ts TIMESTAMP NOT NULL,
+    event VARCHAR NOT NULL,
+    detail VARCHAR,
+    host VARCHAR,
+    pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS texts (
+    run_id VARCHAR NOT NULL, key VARCHAR NOT NULL, step BIGINT, ts TIMESTAMP, text VARCHAR
+);
+CREATE TABLE IF NOT EXISTS histograms (
+    run_id VARCHAR NOT NULL, key VARCHAR NOT NULL, step BIGINT, ts TIMESTAMP,
+    bin_edges DOUBLE[], counts BIGINT[]
+);
+CREATE TABLE IF NOT EXISTS images (
+    run_id VARCHAR NOT NULL, key VARCHAR NOT NULL, step BIGINT, ts TIMESTAMP,
+    width INTEGER, height INTEGER, png BLOB
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR, size BIGINT,
+    sha256 VARCHAR, ts TIMESTAMP
+);
+"""
+
+INSERT_METRICS = """
+INSERT INTO metrics
+SELECT run_id, key, step, ts, value FROM __batch ORDER BY run_id, key, step
+"""
+
+UPSERT_SUMMARY = """
+INSERT INTO metric_summary
+SELECT run_id, key, count(*), min(step), max(step), arg_max(value, step),
+       min(value) FILTER (WHERE NOT isnan(value)), max(value) FILTER (WHERE NOT isnan(value)),
+       max(ts)
+FROM __batch GROUP BY run_id, key
+ON CONFLICT (run_id, key) DO UPDATE SET
+    count = count + excluded.count,
+    first_step = least(first_step, excluded.first_step),
+    last_step = greatest(last_step, excluded.last_step),
+    last_value = CASE WHEN excluded.last_step >= last_step
+                      THEN excluded.last_value ELSE last_value END,
+    min_value = least(min_value, excluded.min_value),
+    max_value = greatest(max_value, excluded.max_value),
+    last_ts = greatest(last_ts, excluded.last_ts)
+"""

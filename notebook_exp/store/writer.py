@@ -1,0 +1,218 @@
+"""The background writer: batches every write of this process into short transactions.
+
+Writes are queued (``submit``) and committed by one thread per store, in
+submission order, in one transaction per cycle: ATTACH, the run/event rows,
+every pending metric batch as one sorted Arrow insert plus the summary upsert,
+COMMIT, DETACH. While more work keeps arriving the file stays attached for at
+most ``DEFAULT_HOLD`` seconds so high-rate logging does not pay ATTACH/DETACH
+per flush; between windows it is detached so readers get in.
+
+Nothing is dropped: a lock held by another process is waited out (retried
+with jitter, warned about after a few seconds); queued work is cleared only
+after its transaction committed. ``flush()`` waits until everything submitted
+before it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from ..exceptions import StoreError
+from ..models import MetricBatch
+from . import schema
+
+log = logging.getLogger("notebook_exp.store")
+
+DEFAULT_HOLD = 0.25
+
+
+class StoreWriter:
+    """Commits queued statements and metric batches to a ``Store``."""
+
+    def __init__(self, store, hold: float = DEFAULT_HOLD) -> None:
+        self.store = store
+        self.hold = hold
+        self._cond = threading.Condition()
+        self._queue: deque = deque()
+        self._submitted = 0
+        self._committed = 0
+        self._failed: dict[int, BaseException] = {}
+        self._stopping = False
+        self.stopped = False
+        self.commit_seconds: deque[float] = deque(maxlen=10_000)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"notebook_exp-writer[{store.path.name}]", daemon=True
+        )
+        self._thread.start()
+
+    # -- submitting ---------------------------------------------------------
+    def submit(self, sql: str, params=None) -> int:
+        """Queue one statement; returns its sequence number."""
+        return self._put(("sql", sql, params))
+
+    def submit_metrics(self, batch: MetricBatch) -> int:
+        """Queue a metric batch; it is inserted sorted by run, key, step."""
+        return self._put(("metrics", batch, None))
+
+    def _put(self, op) -> int:
+        with self._cond:
+            if self._stopping:
+                raise StoreError(f"the writer of {self.store.path} is stopped")
+            self._submitted += 1
+            self._queue.append((self._submitted, op))
+            self._cond.notify_all()
+            return self._submitted
+
+    def wait(self, seq: int, timeout: float | None = None) -> bool:
+        """Wait until write ``seq`` committed; re-raise its error if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._committed < seq:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 1.0)
+            error = self._failed.pop(seq, None)
+        if error is not None:
+            raise StoreError(f"write to {self.store.path} failed: {error}") from error
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is committed."""
+        with self._cond:
+            seq = self._submitted
+        return self.wait(seq, timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Commit what is queued, then stop the thread (idempotent)."""
+        with self._cond:
+            if self.stopped:
+                return
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # -- the thread ---------------------------------------------------------
+    def _take(self, block: bool) -> list:
+        with self._cond:
+            while block and not self._queue and not self._stopping:
+                self._cond.wait()
+            ops = list(self._queue)
+            self._queue.clear()
+            return ops
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                ops = self._take(block=True)
+                if not ops:
+                    break  # stopping and drained
+                self._write_window(ops)
+        finally:
+            with self._cond:
+                self.stopped = True
+                self._cond.notify_all()
+
+    def _write_window(self, ops: list) -> None:
+        """Commit ``ops`` and whatever arrives within the hold window, then detach."""
+        opened = time.monotonic()
+        try:
+            while True:
+                self._commit(ops)
+                if time.monotonic() - opened >= self.hold:
+                    return
+                ops = self._take(block=False)
+                if not ops:
+                    with self._cond:
+                        if not self._stopping:
+                            self._cond.wait(0.02)
+                    ops = self._take(block=False)
+                    if not ops:
+                        return
+        finally:
+            self.store.release()
+
+    def _commit(self, ops: list) -> None:
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            try:
+                with self.store.session(write=True, timeout=None, keep=True) as conn:
+                    _run_transaction(conn, ops)
+                break
+            except Exception as exc:  # noqa: BLE001 - isolate, never lose the queue silently
+                attempt += 1
+                self.store.release()
+                if attempt <= 3:
+                    log.warning("write to %s failed (%s); retrying", self.store.path, exc)
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                self._commit_one_by_one(ops)
+                return
+        self.commit_seconds.append(time.perf_counter() - started)
+        self._done(ops)
+
+    def _commit_one_by_one(self, ops: list) -> None:
+        """Last resort: isolate the write that keeps failing; commit the rest."""
+        for op in ops:
+            try:
+                with self.store.session(write=True, timeout=None, keep=True) as conn:
+                    _run_transaction(conn, [op])
+            except Exception as exc:  # noqa: BLE001
+                log.error("dropping a write to %s that keeps failing: %s", self.store.path, exc)
+                with self._cond:
+                    self._failed[op[0]] = exc
+        self._done(ops)
+
+    def _done(self, ops: list) -> None:
+        with self._cond:
+            self._committed = max(self._committed, ops[-1][0])
+            self._cond.notify_all()
+
+
+def _run_transaction(conn, ops: list) -> None:
+    batches: list[MetricBatch] = []
+    conn.execute("BEGIN")
+    try:
+        for _seq, (kind, payload, params) in ops:
+            if kind == "metrics":
+                if len(payload):
+                    batches.append(payload)
+            elif params is None:
+                conn.execute(payload)
+            else:
+                conn.execute(payload, params)
+        if batches:
+            _insert_metrics(conn, batches)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - the original error matters
+            pass
+        raise
+
+
+def _insert_metrics(conn, batches: list[MetricBatch]) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    tables = []
+    run_ids = []
+    for i, batch in enumerate(batches):
+        table = batch.to_arrow()
+        run_ids.append(batch.run_id)
+        indices = pa.array(np.full(table.num_rows, i, dtype=np.int32))
+        tables.append(table.append_column("run_id", indices))
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    ids = pa.DictionaryArray.from_arrays(merged.column("run_id").combine_chunks(), pa.array(run_ids))
+    merged = merged.set_column(merged.schema.get_field_index("run_id"), "run_id", ids)
+    conn.register("__batch", merged)
+    try:
+        conn.execute(schema.INSERT_METRICS)
+        conn.execute(schema.UPSERT_SUMMARY)
+    finally:
+        conn.unregister("__batch")

@@ -1,0 +1,418 @@
+"""``Run``: the handle a training loop logs through, and ``start_run``.
+
+The hot path is :meth:`Run.log`: it appends ``(key, step, time, value)``
+tuples to the run's buffer and returns. No lock, no I/O; the flusher thread
+hands the buffer to the sinks (see ``tracking.flusher``, ``sinks.dispatch``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings, get_settings
+from ..exceptions import RunCancelled, RunInterrupted, RunTimedOut
+from ..models import MetricBatch, RunInfo, RunStatus
+from ..sinks import registry
+from ..sinks.dispatch import Dispatcher
+from .flusher import flusher
+from .values import as_step, as_value, check_key, clean_params, clean_tags, encode_png, histogram
+
+__all__ = ["Run", "current_run", "start_run"]
+
+log = logging.getLogger("notebook_exp.tracking")
+
+_time = time.time
+_monotonic = time.monotonic
+_current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_exp_run", default=None)
+END_TIMEOUT = None  # run.end waits until the store committed everything
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Run:
+    """A run being logged. Use :func:`start_run` (or the scheduler) to get one.
+
+    ``run.log(loss=0.3, acc=0.9, step=10)`` records points; without ``step``
+    each key counts up from its last step (0 first). Values are floats, ints,
+    bools, numpy or one-element torch scalars; NaN and ±inf are kept.
+    """
+
+    def __init__(self, info: RunInfo, settings: Settings, sinks: list, store) -> None:
+        self.info = info
+        self.run_id = info.run_id
+        self.settings = settings
+        self._store = store
+        self._buf: list[tuple] = []
+        self._append = self._buf.append
+        self._extend = self._buf.extend
+        self._next: dict[str, int] = {}
+        self._rich_next: dict[str, int] = {}
+        self._interrupt: RunInterrupted | None = None
+        self._flush_lock = threading.Lock()
+        self._end_lock = threading.Lock()
+        self._last_flush = _monotonic()
+        self._flush_rows = settings.flush_rows
+        self._flush_interval = settings.flush_interval
+        self._dispatcher = Dispatcher(info, sinks, settings.sink_retries, settings.sink_queue_rows)
+        self._token = None
+        self.points = 0
+        self.status = info.status
+        self.error: str | None = None
+        self.dropped: dict[str, int] = {}
+        #: Physical ids of the GPUs leased to this run (same ids as nvidia-smi).
+        self.gpus: list[int] = []
+        #: The device string the run's code should use ("cpu", "cuda:0", ...).
+        self.device = "cpu"
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def experiment(self) -> str:
+        return self.info.experiment
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.info.params)
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.info.tags)
+
+    @property
+    def store_path(self) -> Path:
+        return self._store.path
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name!r} ({self.run_id}) {self.status.value}>"
+
+    # -- the hot path -------------------------------------------------------
+    def log(self, step: int | None = None, **metrics: Any) -> None:
+        """Record metrics: ``run.log(loss=0.3, acc=0.9, step=10)``.
+
+        Raises ``InvalidMetric`` (a ``TypeError``) naming the key of a value
+        that is not a real number; nothing of that call is logged. Inside a
+        run that was cancelled or timed out, raises ``RunCancelled`` /
+        ``RunTimedOut`` instead.
+        """
+        if self._interrupt is not None:
+            raise self._interrupt
+        t = _time()
+        nxt = self._next
+        if step is not None and step.__class__ is not int:
+            step = as_step(step)
+        if len(metrics) == 1:
+            for k, v in metrics.items():
+                pass
+            if v.__class__ is not float:
+                v = as_value(k, v)
+            if step is None:
+                s = nxt.get(k)
+                if s is None:
+                    s = self._new_key(k)
+            else:
+                s = step
+                if k not in nxt:
+                    self._new_key(k)
+            nxt[k] = s + 1
+            self._append((k, s, t, v))
+            return
+        rows = []
+        for k, v in metrics.items():
+            if v.__class__ is not float:
+                v = as_value(k, v)
+            if step is None:
+                s = nxt.get(k)
+                if s is None:
+                    s = self._new_key(k)
+            else:
+                s = step
+                if k not in nxt:
+                    self._new_key(k)
+            rows.append((k, s, t, v))
+        for row in rows:
+            nxt[row[0]] = row[1] + 1
+        self._extend(rows)
+
+    def _new_key(self, key: str) -> int:
+        check_key(key)
+        return 0
+
+    # -- other records ------------------------------------------------------
+    def _rich_step(self, key: str, step: Any) -> int:
+        check_key(key)
+        step = self._rich_next.get(key, 0) if step is None else as_step(step)
+        self._rich_next[key] = step + 1
+        return step
+
+    def log_params(self, params: dict[str, Any] | None = None, **more: Any) -> None:
+        """Add or update params (merged into those given at start)."""
+        merged = dict(self.info.params)
+        merged.update(clean_params({**(params or {}), **more}))
+        self.info.params = merged
+        self._store.writer.submit(
+            "UPDATE runs SET params = ? WHERE run_id = ?", [json.dumps(merged), self.run_id]
+        )
+        self._dispatcher.publish("log_params", dict(merged))
+
+    def set_tags(self, tags) -> None:
+        """Replace the run's tags with ``tags`` (a string or a list of strings)."""
+        self.info.tags = clean_tags(tags)
+        self._store.writer.submit("UPDATE runs SET tags = ? WHERE run_id = ?", [self.info.tags, self.run_id])
+        self._dispatcher.publish("set_tags", list(self.info.tags))
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None:
+        """Record a piece of text (a sample, a config dump, a note)."""
+        self._dispatcher.publish("log_text", key, self._rich_step(key, step), _time(), str(text))
+
+    def log_histogram(self, key: str, values: Any, step: int | None = None, bins: int = 64) -> None:
+        """Record the distribution of ``values`` (bin edges and counts, not the values)."""
+        edges, counts = histogram(values, bins)
+        self._dispatcher.publish("log_histogram", key, self._rich_step(key, step), _time(), edges, counts)
+
+    def log_image(self, key: str, image: Any, step: int | None = None) -> None:
+        """Record an image (PIL image or HxW[xC] array; floats in [0, 1] are scaled) as PNG."""
+        png, width, height = encode_png(image)
+        self._dispatcher.publish("log_image", key, self._rich_step(key, step), _time(), png, width, height)
+
+    def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> Path:
+        """Copy a file into the store's ``artifacts/<run_id>/`` folder and record it."""
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"artifact {source} is not a file")
+        name = name or source.name
+        dest = self._store.path.parent / "artifacts" / self.run_id / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+        self._dispatcher.publish("log_artifact", name, str(dest))
+        return dest
+
+    # -- flushing and ending ------------------------------------------------
+    def _flush(self, force: bool = False) -> int:
+        """Hand the buffer to the sinks if it is due (or ``force``)."""
+        buf = self._buf
+        if not buf:
+            return 0
+        with self._flush_lock:
+            n = len(buf)
+            if not n or (
+                not force
+                and n < self._flush_rows
+                and _monotonic() - self._last_flush < self._flush_interval
+            ):
+                return 0
+            rows = buf[:n]
+            del buf[:n]  # appends only go to the end, so these are exactly `rows`
+            self._last_flush = _monotonic()
+            self.points += n
+            self._dispatcher.publish("log_metrics", MetricBatch.from_rows(self.run_id, rows), rows=n)
+        return n
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Push everything logged so far through every sink and wait until stored."""
+        self._flush(force=True)
+        return self._dispatcher.sync(timeout)
+
+    def interrupt(self, exc: RunInterrupted) -> None:
+        """Make the run's next ``log`` raise ``exc`` (cancellation, timeout)."""
+        self._interrupt = exc
+
+    def end(self, status: RunStatus | str = RunStatus.COMPLETED, error: str | None = None) -> None:
+        """Flush, end every sink, and record the final status (idempotent)."""
+        status = RunStatus(status)
+        with self._end_lock:
+            if self.status.terminal:
+                return
+            self.status = status
+        self.error = error
+        flusher.remove(self)
+        try:
+            self._flush(force=True)
+        finally:
+            self.dropped = self._dispatcher.finish(status, error, timeout=END_TIMEOUT)
+            self._record_end(status, error)
+            _live.pop(self.run_id, None)
+            if _current.get() is self:
+                _current.set(None)
+
+    def _record_end(self, status: RunStatus, error: str | None) -> None:
+        from ..store import utcnow
+
+        dropped = sum(self.dropped.values())
+        if dropped:
+            warnings.warn(
+                f"run {self.run_id}: sinks dropped points: "
+                + ", ".join(f"{k}: {v}" for k, v in self.dropped.items()),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        writer = self._store.writer
+        now = utcnow()
+        writer.submit(
+            "UPDATE runs SET status = ?, ended_at = ?, error = ?, dropped = ? WHERE run_id = ?",
+            [status.value, now, error, dropped, self.run_id],
+        )
+        seq = writer.submit(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            [self.run_id, now, status.value, (error or "")[:2000] or None, _host(), os.getpid()],
+        )
+        writer.wait(seq)
+
+    # -- context manager ----------------------------------------------------
+    def __enter__(self) -> Run:
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.end(RunStatus.COMPLETED)
+        else:
+            self.end(*outcome(exc))
+        return False
+
+
+def outcome(exc: BaseException) -> tuple[RunStatus, str]:
+    """The status and reason a run ends with when ``exc`` escapes it."""
+    if isinstance(exc, (KeyboardInterrupt, RunCancelled)):
+        return RunStatus.CANCELLED, str(exc) or "cancelled"
+    if isinstance(exc, RunTimedOut):
+        return RunStatus.FAILED, "timeout: " + str(exc) if str(exc) else "timeout"
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return RunStatus.FAILED, text
+
+
+def _host() -> str:
+    from ..store.core import HOST
+
+    return HOST
+
+
+def current_run() -> Run | None:
+    """The run of the current context (inside ``with start_run(...)`` or a scheduled run)."""
+    return _current.get()
+
+
+def start_run(
+    name: str | None = None,
+    experiment: str | None = None,
+    params: dict[str, Any] | None = None,
+    tags: list[str] | str | None = None,
+    sinks: list | None = None,
+    *,
+    store: str | os.PathLike | None = None,
+    settings: Settings | None = None,
+    run_id: str | None = None,
+) -> Run:
+    """Start a run now and return it; use it as a context manager to end it.
+
+    ``sinks`` takes entry-point names and/or ``Sink`` instances (default: the
+    ``sinks`` setting, ``NOTEBOOK_EXP_SINKS``). ``store`` overrides the store
+    file (default: the ``store`` setting, ``NOTEBOOK_EXP_STORE``). Raises
+    ``StoreError`` naming the path if the store cannot be written, and
+    ``SinkError`` if a sink fails to load or start.
+    """
+    from ..store import get_store, utcnow
+
+    settings = settings or get_settings()
+    store_obj = get_store(store if store is not None else settings.store_path, settings.lock_timeout)
+    params = clean_params(params)
+    tags = clean_tags(tags)
+    run_id = run_id or new_run_id()
+    experiment = experiment or "default"
+    name = name or f"{experiment}-{run_id[:6]}"
+    now = utcnow()
+    info = RunInfo(
+        run_id=run_id, experiment=experiment, name=name, params=params, tags=tags,
+        created_at=now, started_at=now, store_path=str(store_obj.path),
+    )
+    if not store_obj.ready:
+        store_obj.ensure()
+    sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
+    run = Run(info, settings, sink_objs, store_obj)
+    _install_exit_hooks()
+    writer = store_obj.writer
+    writer.submit(
+        """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, started_at,
+                             host, pid, pid_started)
+           VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (run_id) DO UPDATE SET status = 'running', started_at = excluded.started_at,
+               params = excluded.params, tags = excluded.tags, host = excluded.host,
+               pid = excluded.pid, pid_started = excluded.pid_started, error = NULL, ended_at = NULL""",
+        [run_id, experiment, name, json.dumps(params), tags, now, now, _host(), os.getpid(), _pid_started()],
+    )
+    writer.submit(
+        "INSERT INTO events VALUES (?, ?, 'running', NULL, ?, ?)", [run_id, now, _host(), os.getpid()]
+    )
+    try:
+        run._dispatcher.start()
+    except Exception as exc:
+        run._record_end(RunStatus.FAILED, str(exc))
+        run.status = RunStatus.FAILED
+        raise
+    _live[run_id] = run
+    _current.set(run)
+    flusher.add(run)
+    return run
+
+
+_live: dict[str, Run] = {}
+_hooks_installed = False
+_uncaught: list[BaseException] = []
+
+
+def _pid_started() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def _install_exit_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    previous = sys.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        _uncaught.append(exc)
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+    atexit.register(shutdown)
+
+
+def live_runs() -> list[Run]:
+    """Runs of this process that have not ended."""
+    return list(_live.values())
+
+
+def shutdown() -> None:
+    """End every live run (``failed`` if an uncaught exception is ending the
+    interpreter, else ``completed``), stop the flusher and close the stores.
+    Runs at interpreter exit; idempotent."""
+    from ..store import close_all
+
+    for run in list(_live.values()):
+        if _uncaught:
+            run.end(*outcome(_uncaught[-1]))
+        else:
+            run.end(RunStatus.COMPLETED)
+    flusher.stop()
+    close_all()

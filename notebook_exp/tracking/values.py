@@ -1,0 +1,159 @@
+"""Checking and converting what users log: metric values, keys, steps, params, images."""
+
+from __future__ import annotations
+
+import decimal
+import enum
+import io
+import math
+import numbers
+import operator
+from pathlib import PurePath
+from typing import Any
+
+from ..exceptions import ConfigError, InvalidMetric
+
+MAX_KEY_LENGTH = 250
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def as_value(key: str, value: Any) -> float:
+    """A metric value as a float; ``InvalidMetric`` (a TypeError) naming the key if it isn't one."""
+    if isinstance(value, (str, bytes, bytearray)) or isinstance(value, complex):
+        raise InvalidMetric(f"metric {key!r} must be a real number, got {type(value).__name__} {value!r:.80}")
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        try:
+            return float(value)
+        except (OverflowError, ValueError) as exc:
+            raise InvalidMetric(f"metric {key!r} does not fit a float64: {value!r:.80}") from exc
+    item = getattr(value, "item", None)  # numpy 0-d arrays, torch/jax one-element tensors
+    size = getattr(value, "size", None)
+    if callable(size):
+        size = size()
+        size = math.prod(size) if isinstance(size, tuple) else size
+    numel = getattr(value, "numel", None)
+    if callable(numel):
+        size = numel()
+    if callable(item) and size == 1:
+        scalar = item()
+        if isinstance(scalar, (numbers.Real, decimal.Decimal)) and not isinstance(scalar, complex):
+            return float(scalar)
+    raise InvalidMetric(f"metric {key!r} must be a real number, got {type(value).__name__} {value!r:.80}")
+
+
+def check_key(key: Any) -> None:
+    """Reject keys the store cannot hold: not a string, empty, or over-long."""
+    if not isinstance(key, str):
+        raise InvalidMetric(f"metric keys are strings, got {type(key).__name__} {key!r:.80}")
+    if not key or not key.strip():
+        raise InvalidMetric("metric key is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidMetric(f"metric key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}")
+    if any(ord(ch) < 32 for ch in key):
+        raise InvalidMetric(f"metric key {key!r} contains control characters")
+
+
+def as_step(step: Any) -> int:
+    """A step as an int64; ``InvalidMetric`` otherwise."""
+    if isinstance(step, bool):
+        raise InvalidMetric(f"step must be an integer, got bool {step!r}")
+    try:
+        value = operator.index(step)
+    except TypeError:
+        raise InvalidMetric(f"step must be an integer, got {type(step).__name__} {step!r:.80}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidMetric(f"step {value} does not fit a 64-bit integer")
+    return value
+
+
+def _plain(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (numbers.Real, decimal.Decimal)) and not isinstance(value, complex):
+        return float(value) if not isinstance(value, numbers.Integral) else int(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _plain(name, value.item())
+    if isinstance(value, enum.Enum):
+        return _plain(name, value.value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(name, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(f"{name}.{k}", v) for k, v in value.items()}
+    raise ConfigError(
+        f"param {name!r} must be JSON-like (number, string, bool, None, list, dict), "
+        f"got {type(value).__name__}; pass str(value) to record it as text"
+    )
+
+
+def clean_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Params as plain JSON-able values; ``ConfigError`` naming the offending param."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"params must be a dict, got {type(params).__name__}")
+    out = {}
+    for key, value in params.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"param names are non-empty strings, got {key!r}")
+        out[key] = _plain(key, value)
+    return out
+
+
+def clean_tags(tags: Any) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [tags]
+    out = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise ConfigError(f"tags are non-empty strings, got {tag!r}")
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+def histogram(values: Any, bins: int) -> tuple[list[float], list[int]]:
+    """Bin edges and counts of the finite values."""
+    import numpy as np
+
+    if hasattr(values, "detach"):  # torch
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64).ravel()
+    array = array[np.isfinite(array)]
+    if not isinstance(bins, int) or bins < 1:
+        raise ConfigError(f"bins must be a positive integer, got {bins!r}")
+    counts, edges = np.histogram(array, bins=bins)
+    return edges.tolist(), counts.tolist()
+
+
+def encode_png(image: Any) -> tuple[bytes, int, int]:
+    """PNG bytes, width and height of a PIL image or an HxW / HxWx{1,3,4} array."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        pil = image
+    else:
+        if hasattr(image, "detach"):
+            image = image.detach().cpu().numpy()
+        array = np.asarray(image)
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ConfigError(f"an image is HxW, HxWx3 or HxWx4; got shape {array.shape}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.number):
+                raise ConfigError(f"image values must be numbers, got dtype {array.dtype}")
+            scaled = np.nan_to_num(array.astype(np.float64))
+            if scaled.size and scaled.max() <= 1.0:
+                scaled = scaled * 255.0
+            array = np.clip(scaled, 0, 255).astype(np.uint8)
+        pil = Image.fromarray(array)
+    out = io.BytesIO()
+    pil.save(out, format="PNG")
+    return out.getvalue(), pil.width, pil.height
