@@ -27,14 +27,18 @@ class DuckDBSink(Sink):
     max_pending_rows = None  # never drop
 
     def __init__(self) -> None:
-        self._writer = None
+        self._store = None
         self._run_id = ""
+
+    @property
+    def _writer(self):
+        return self._store.writer  # the store restarts its writer if it was stopped
 
     def start_run(self, run: RunInfo) -> None:
         from ..store import get_store
 
         self._run_id = run.run_id
-        self._writer = get_store(run.store_path).writer
+        self._store = get_store(run.store_path)
 
     def log_metrics(self, batch: MetricBatch) -> None:
         self._writer.submit_metrics(batch)
@@ -70,5 +74,5 @@ class DuckDBSink(Sink):
         self._writer.flush()
 
     def end_run(self, status: RunStatus, error: str | None) -> None:
-        if self._writer is not None:
+        if self._store is not None:
             self._writer.flush()

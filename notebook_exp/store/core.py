@@ -46,13 +46,19 @@ def utcnow() -> datetime:
 
 def _is_lock_conflict(exc: Exception) -> bool:
     text = str(exc)
-    return "Could not set lock" in text or "Conflicting lock" in text
+    return (
+        "Could not set lock" in text
+        or "Conflicting lock" in text
+        or "Unique file handle conflict" in text  # another connection of this process has it open
+    )
 
 
 def holder_pid(exc: Exception) -> int | None:
     """The PID DuckDB names in a lock-conflict error, if any."""
     match = _PID_RE.search(str(exc))
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    return os.getpid() if "Unique file handle conflict" in str(exc) else None
 
 
 class Store:
@@ -218,6 +224,7 @@ class Store:
             writer.stop()
         with self._lock:
             self._detach()
+            self._ready = False  # the next writer re-checks the schema and lost runs
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

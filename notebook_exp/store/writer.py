@@ -117,43 +117,41 @@ class StoreWriter:
                 self._cond.notify_all()
 
     def _write_window(self, ops: list) -> None:
-        """Commit ``ops`` and whatever arrives within the hold window, then detach."""
+        """Commit ``ops`` and whatever is queued meanwhile, for at most ``hold`` seconds.
+
+        The file is detached before the last commit of a window is announced, so
+        whoever waited on ``flush`` can open the file right away.
+        """
         opened = time.monotonic()
         try:
             while True:
                 self._commit(ops)
-                if time.monotonic() - opened >= self.hold:
+                more = self._take(block=False) if time.monotonic() - opened < self.hold else []
+                if not more:
+                    self.store.release()
+                    self._done(ops)
                     return
-                ops = self._take(block=False)
-                if not ops:
-                    with self._cond:
-                        if not self._stopping:
-                            self._cond.wait(0.02)
-                    ops = self._take(block=False)
-                    if not ops:
-                        return
-        finally:
+                self._done(ops)
+                ops = more
+        except BaseException:
             self.store.release()
+            self._done(ops)
+            raise
 
     def _commit(self, ops: list) -> None:
         started = time.perf_counter()
-        attempt = 0
-        while True:
+        for attempt in range(1, 5):
             try:
                 with self.store.session(write=True, timeout=None, keep=True) as conn:
                     _run_transaction(conn, ops)
-                break
+                self.commit_seconds.append(time.perf_counter() - started)
+                return
             except Exception as exc:  # noqa: BLE001 - isolate, never lose the queue silently
-                attempt += 1
                 self.store.release()
-                if attempt <= 3:
+                if attempt < 4:
                     log.warning("write to %s failed (%s); retrying", self.store.path, exc)
                     time.sleep(0.05 * 2**attempt)
-                    continue
-                self._commit_one_by_one(ops)
-                return
-        self.commit_seconds.append(time.perf_counter() - started)
-        self._done(ops)
+        self._commit_one_by_one(ops)
 
     def _commit_one_by_one(self, ops: list) -> None:
         """Last resort: isolate the write that keeps failing; commit the rest."""
@@ -162,10 +160,9 @@ class StoreWriter:
                 with self.store.session(write=True, timeout=None, keep=True) as conn:
                     _run_transaction(conn, [op])
             except Exception as exc:  # noqa: BLE001
-                log.error("dropping a write to %s that keeps failing: %s", self.store.path, exc)
+                log.error("giving up a write to %s that keeps failing: %s", self.store.path, exc)
                 with self._cond:
                     self._failed[op[0]] = exc
-        self._done(ops)
 
     def _done(self, ops: list) -> None:
         with self._cond:

@@ -34,6 +34,7 @@ __all__ = ["Run", "current_run", "start_run"]
 
 log = logging.getLogger("notebook_exp.tracking")
 
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _time = time.time
 _monotonic = time.monotonic
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_exp_run", default=None)
@@ -116,7 +117,7 @@ class Run:
             raise self._interrupt
         t = _time()
         nxt = self._next
-        if step is not None and step.__class__ is not int:
+        if step is not None and (step.__class__ is not int or not _I64_MIN <= step <= _I64_MAX):
             step = as_step(step)
         if len(metrics) == 1:
             for k, v in metrics.items():

@@ -1,0 +1,370 @@
+"""Machine-wide GPU leases: lock files so two processes never use the same GPU slot.
+
+Each GPU has :data:`SLOTS_PER_GPU` slots, each one lock file
+``gpu<idx>.slot<k>.lock`` in a machine-wide directory, taken with
+:class:`filelock.FileLock` without waiting. The OS frees the lock the moment
+its holder dies, even by SIGKILL. A request for ``gpus=0.5`` takes 2 slots of
+one GPU; ``gpus=1`` all slots of one GPU; ``gpus=3`` all slots of three GPUs.
+
+Beside each held slot lies ``<lock>.holder``, JSON naming the run and pid, so
+:meth:`LeaseManager.holders` can say who holds what across processes. A
+sidecar only counts while its lock is really held and its pid is alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psutil
+from filelock import FileLock, Timeout
+
+from ..exceptions import ConfigError, GpuUnavailable
+from .gpus import GpuInfo, GpuInventory
+
+__all__ = [
+    "DEFAULT_LOCK_DIR_NAME",
+    "SLOTS_PER_GPU",
+    "Lease",
+    "LeaseHolder",
+    "LeaseManager",
+    "default_lock_dir",
+    "slots_for",
+]
+
+log = logging.getLogger("notebook_exp.scheduler")
+
+SLOTS_PER_GPU = 4
+DEFAULT_LOCK_DIR_NAME = "notebook_exp-locks"
+
+
+def default_lock_dir() -> Path:
+    """``<temp dir>/notebook_exp-locks``: the same folder for every process of the machine."""
+    return Path(tempfile.gettempdir()) / DEFAULT_LOCK_DIR_NAME
+
+
+def slots_for(gpus: float) -> tuple[int, int]:
+    """``(whole_gpus, slots)`` a request takes: ``(n, 0)`` for n whole GPUs,
+    ``(0, k)`` for k slots of one GPU, ``(0, 0)`` for none.
+
+    Raises ConfigError unless ``gpus`` is 0, a whole number, or a multiple of
+    ``1/SLOTS_PER_GPU`` below 1.
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not math.isfinite(gpus):
+        raise ConfigError(f"gpus must be a finite number, not {gpus!r}")
+    if gpus < 0:
+        raise ConfigError(f"gpus must be >= 0, not {gpus}")
+    if gpus >= 1:
+        if gpus != int(gpus):
+            raise ConfigError(f"gpus={gpus}: above 1, ask for a whole number of GPUs")
+        return int(gpus), 0
+    slots = gpus * SLOTS_PER_GPU
+    if abs(slots - round(slots)) > 1e-9:
+        step = 1 / SLOTS_PER_GPU
+        raise ConfigError(f"gpus={gpus}: a fraction of a GPU must be a multiple of {step}")
+    return 0, round(slots)
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds slots of one GPU: ``run_id``/``pid`` are ``None`` when the lock is held
+    but its sidecar is missing or stale (a holder that has not written it yet)."""
+
+    run_id: str | None
+    pid: int | None
+    slots: int
+
+    @property
+    def fraction(self) -> float:
+        """The share of the GPU held."""
+        return self.slots / SLOTS_PER_GPU
+
+
+class Lease:
+    """GPUs held by one run until :meth:`release` (idempotent, from any thread of the
+    acquiring process) or the process exits. Use as a context manager to release
+    on exit. ``gpus`` are physical ids; ``fraction`` is the share of each."""
+
+    def __init__(self, run_id: str, request: float, locks: dict[int, list[FileLock]]) -> None:
+        self.run_id = run_id
+        self.request = request
+        self.gpus: tuple[int, ...] = tuple(sorted(locks))
+        self._locks = locks
+        self._mutex = threading.Lock()
+        self._released = False
+
+    @property
+    def fraction(self) -> float:
+        """Share of each leased GPU: 1.0 for whole GPUs, e.g. 0.5 for a half."""
+        return 1.0 if self.request >= 1 else self.request
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> None:
+        """Give the GPUs back: sidecars removed first, then the locks. Idempotent."""
+        with self._mutex:
+            if self._released:
+                return
+            self._released = True
+            _release_locks([lock for locks in self._locks.values() for lock in locks])
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<Lease {self.run_id} gpus={list(self.gpus)} fraction={self.fraction} {state}>"
+
+
+def _sidecar(lock: FileLock) -> Path:
+    return Path(lock.lock_file + ".holder")
+
+
+def _release_locks(locks: list[FileLock]) -> None:
+    for lock in locks:
+        with contextlib.suppress(OSError):
+            _sidecar(lock).unlink(missing_ok=True)
+        lock.release()
+
+
+def _write_sidecar(lock: FileLock, run_id: str, request: float) -> None:
+    """Record the holder next to a held lock, atomically (temp file + rename)."""
+    path = _sidecar(lock)
+    payload = {"run_id": run_id, "pid": os.getpid(), "gpus": request, "since": time.time()}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not record the holder of %s: %s", lock.lock_file, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _read_sidecar(path: Path) -> tuple[str | None, int | None]:
+    """``(run_id, pid)`` from a sidecar whose pid is alive, else ``(None, None)``."""
+    try:
+        data = json.loads(path.read_text())
+        run_id, pid = str(data["run_id"]), int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    return (run_id, pid) if psutil.pid_exists(pid) else (None, None)
+
+
+def _make_lock_dir(path: Path, *, shared: bool) -> None:
+    """Create the lock folder; the default one is made writable by every user (sticky,
+    like /tmp) so that users of one machine share it."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if shared:
+        with contextlib.suppress(OSError):
+            path.chmod(0o1777)
+
+
+class LeaseManager:
+    """Hands out :class:`Lease` objects for the GPUs of ``inventory``.
+
+    Lock files live in ``lock_dir`` (default :func:`default_lock_dir`); every
+    manager on the machine using the same folder respects the others' leases.
+    Methods are thread-safe. A lease's locks belong to this process: do not
+    fork with leases held and expect the child to own them.
+    """
+
+    def __init__(self, inventory: GpuInventory, lock_dir: Path | str | None = None) -> None:
+        self.inventory = inventory
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+        _make_lock_dir(self.lock_dir, shared=lock_dir is None)
+        self._mutex = threading.Lock()
+        self._leases: list[Lease] = []
+
+    # -- requests -----------------------------------------------------------------
+
+    def check(self, gpus: float, gpu_memory: int | None = None) -> None:
+        """Raise GpuUnavailable if the request can never be met on this machine (or
+        ConfigError if it is malformed); return quietly if it could be met some day."""
+        whole, slots = slots_for(gpus)
+        if whole == slots == 0:
+            return
+        devices = self.inventory.devices()
+        need = max(whole, 1)
+        if need > len(devices):
+            raise GpuUnavailable(self._too_few_message(gpus, devices))
+        if gpu_memory is not None:
+            big = [i for i in devices if self.inventory.identity(i).memory_total >= gpu_memory]
+            if need > len(big):
+                raise GpuUnavailable(
+                    f"gpus={gpus} with gpu_memory={gpu_memory} bytes: only {len(big)} of the "
+                    f"{len(devices)} leasable GPUs have that much memory"
+                )
+
+    def _too_few_message(self, gpus: float, devices: list[int]) -> str:
+        reason = self.inventory.unavailable_reason
+        if not devices and reason:
+            return f"gpus={gpus} asked for, but this machine has no GPU to lease: {reason}"
+        reserved = sorted(self.inventory.reserved & set(self.inventory.visible()))
+        extra = f" (GPUs {reserved} are reserved)" if reserved else ""
+        return f"gpus={gpus} asked for, but this machine has {len(devices)} leasable GPU(s){extra}"
+
+    def try_acquire(self, run_id: str, gpus: float, gpu_memory: int | None = None) -> Lease | None:
+        """Lease ``gpus`` for ``run_id`` now, or return ``None`` if they are busy.
+
+        Never waits. GPUs go lowest id first; a fraction goes to the GPU with the
+        fewest free slots that fit it (best fit), so whole GPUs stay free.
+        ``gpu_memory`` (bytes) admits only GPUs with that much free memory now.
+        ``gpus=0`` gives an empty lease. Raises as :meth:`check` does for a
+        request that can never be met.
+        """
+        self.check(gpus, gpu_memory)
+        whole, slots = slots_for(gpus)
+        with self._mutex:
+            if whole == slots == 0:
+                locks: dict[int, list[FileLock]] | None = {}
+            elif whole:
+                locks = self._take_whole(whole, self._candidates(gpu_memory))
+            else:
+                locks = self._take_slots(slots, self._candidates(gpu_memory))
+            if locks is None:
+                return None
+            for held in locks.values():
+                for lock in held:
+                    _write_sidecar(lock, run_id, gpus)
+            lease = Lease(run_id, gpus, locks)
+            self._leases = [x for x in self._leases if not x.released] + [lease]
+        log.debug("leased %s", lease)
+        return lease
+
+    def _candidates(self, gpu_memory: int | None) -> list[int]:
+        devices = self.inventory.devices()
+        if gpu_memory is None:
+            return devices
+        return [i for i in devices if self.inventory.free_memory(i) >= gpu_memory]
+
+    def _take_whole(self, count: int, candidates: list[int]) -> dict[int, list[FileLock]] | None:
+        """All slots of ``count`` GPUs, lowest ids first, skipping GPUs with live tenants."""
+        taken: dict[int, list[FileLock]] = {}
+        for index in candidates:
+            if len(taken) == count:
+                break
+            free = self._free_slots_hint(index)
+            held = (
+                self._lock_slots(index, free, SLOTS_PER_GPU) if len(free) == SLOTS_PER_GPU else None
+            )
+            if held is not None:
+                taken[index] = held
+        if len(taken) == count:
+            return taken
+        _release_locks([lock for held in taken.values() for lock in held])
+        return None
+
+    def _take_slots(self, count: int, candidates: list[int]) -> dict[int, list[FileLock]] | None:
+        """Best fit: try GPUs by fewest apparently free slots (then id) that still fit."""
+        free = {i: self._free_slots_hint(i) for i in candidates}
+        order = sorted(
+            (i for i in candidates if len(free[i]) >= count), key=lambda i: (len(free[i]), i)
+        )
+        for index in order:
+            held = self._lock_slots(index, free[index], count)
+            if held is not None:
+                return {index: held}
+        return None
+
+    def _lock_slots(self, index: int, slots: list[int], count: int) -> list[FileLock] | None:
+        """Take ``count`` of the given slots of GPU ``index``, or none of them."""
+        held: list[FileLock] = []
+        for tried, slot in enumerate(slots):
+            if len(held) + len(slots) - tried < count:
+                break  # cannot reach count any more: do not hold locks for nothing
+            lock = self._try_lock(index, slot)
+            if lock is not None:
+                held.append(lock)
+                if len(held) == count:
+                    return held
+        _release_locks(held)
+        return None
+
+    def _lock_path(self, index: int, slot: int) -> Path:
+        return self.lock_dir / f"gpu{index}.slot{slot}.lock"
+
+    def _try_lock(self, index: int, slot: int) -> FileLock | None:
+        """One non-blocking attempt; the lock may be released from any thread."""
+        path = self._lock_path(index, slot)
+        lock = FileLock(path, timeout=0, mode=0o666, thread_local=False, blocking=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            return None
+        return lock
+
+    def _free_slots_hint(self, index: int) -> list[int]:
+        """Slots of GPU ``index`` with no live holder on record (a hint: acquiring decides)."""
+        return [
+            slot
+            for slot in range(SLOTS_PER_GPU)
+            if _read_sidecar(Path(f"{self._lock_path(index, slot)}.holder"))[1] is None
+        ]
+
+    # -- reporting ----------------------------------------------------------------
+
+    def holders(self) -> dict[int, list[LeaseHolder]]:
+        """Who holds each visible GPU, across processes: ``{index: [LeaseHolder, ...]}``
+        (GPUs nobody holds are absent). Removes sidecars left by dead holders."""
+        out: dict[int, list[LeaseHolder]] = {}
+        for index in self.inventory.visible():
+            counts: dict[tuple[str | None, int | None], int] = {}
+            for slot in range(SLOTS_PER_GPU):
+                who = self._slot_holder(index, slot)
+                if who is not None:
+                    counts[who] = counts.get(who, 0) + 1
+            if counts:
+                out[index] = [LeaseHolder(r, p, n) for (r, p), n in counts.items()]
+        return out
+
+    def _slot_holder(self, index: int, slot: int) -> tuple[str | None, int | None] | None:
+        """The holder of a slot that has a sidecar, or ``None`` if it is free.
+
+        A slot without a sidecar counts as free, so reporting never takes the locks
+        of idle slots (which would make a concurrent acquirer fail for nothing).
+        """
+        lock_path = self._lock_path(index, slot)
+        sidecar = Path(f"{lock_path}.holder")
+        if not sidecar.exists():
+            return None
+        probe = self._try_lock(index, slot)
+        if probe is None:
+            return _read_sidecar(sidecar)
+        _release_locks(
+            [probe]
+        )  # free: the sidecar was stale, and removing it is safe under the lock
+        return None
+
+    def snapshot(self) -> list[GpuInfo]:
+        """The inventory's :meth:`~GpuInventory.snapshot` with ``holders`` filled in."""
+        holders = self.holders()
+        return [
+            replace(info, holders=tuple(h.run_id or "?" for h in holders.get(info.index, ())))
+            for info in self.inventory.snapshot()
+        ]
+
+    def leases(self) -> list[Lease]:
+        """Leases this manager handed out that are not released yet."""
+        with self._mutex:
+            return [x for x in self._leases if not x.released]
+
+    def release_all(self) -> None:
+        """Release every lease this manager handed out (e.g. at scheduler stop)."""
+        for lease in self.leases():
+            lease.release()

@@ -1,0 +1,1 @@
+"""Viewer components: each takes the ViewerState."""
