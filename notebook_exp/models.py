@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,67 +45,72 @@ class RunInfo:
 
 
 class MetricBatch:
-    """Points of one run, columnar: ``keys[i], steps[i], times[i], values[i]``.
+    """Points of one run, grouped by key.
 
-    ``times`` are POSIX seconds (UTC). ``values`` are floats and may be NaN or
-    ±inf. Build one with :meth:`from_rows`; :meth:`to_arrow` gives a pyarrow
-    table with columns key, step, ts (timestamp[us]), value.
+    ``chunks`` is ``[(key, points), ...]`` where ``points`` is a flat
+    ``array('d')`` of ``step, time, value`` triples (time in POSIX seconds, UTC;
+    value possibly NaN or ±inf). Iterating yields ``(key, step, time, value)``;
+    :meth:`to_arrow` gives a pyarrow table (key, step, ts timestamp[us], value)
+    sorted by key, step, without touching the points one by one.
     """
 
-    __slots__ = ("run_id", "keys", "steps", "times", "values", "_arrow")
+    __slots__ = ("run_id", "chunks", "_len", "_arrow")
 
-    def __init__(self, run_id: str, keys, steps, times, values) -> None:
+    def __init__(self, run_id: str, chunks: list[tuple[str, array]]) -> None:
         self.run_id = run_id
-        self.keys = keys
-        self.steps = steps
-        self.times = times
-        self.values = values
+        self.chunks = chunks
+        self._len = sum(len(points) for _key, points in chunks) // 3
         self._arrow = None
 
     @classmethod
-    def from_rows(cls, run_id: str, rows: list[tuple]) -> MetricBatch:
-        """From ``(key, step, time, value)`` tuples, as ``run.log`` buffers them."""
-        if not rows:
-            return cls(run_id, (), (), (), ())
-        keys, steps, times, values = zip(*rows)
-        return cls(run_id, keys, steps, times, values)
+    def from_rows(cls, run_id: str, rows) -> MetricBatch:
+        """From ``(key, step, time, value)`` tuples."""
+        grouped: dict[str, array] = {}
+        for key, step, t, value in rows:
+            grouped.setdefault(key, array("d")).fromlist([step, t, value])
+        return cls(run_id, list(grouped.items()))
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self._len
 
     def __iter__(self):
-        return zip(self.keys, self.steps, self.times, self.values)
+        for key, points in self.chunks:
+            for i in range(0, len(points), 3):
+                yield key, int(points[i]), points[i + 1], points[i + 2]
 
     def __repr__(self) -> str:
-        return f"MetricBatch(run_id={self.run_id!r}, points={len(self)})"
+        return f"MetricBatch(run_id={self.run_id!r}, keys={len(self.chunks)}, points={len(self)})"
 
     def to_arrow(self):
-        """The batch as a pyarrow Table (cached): key, step, ts, value."""
+        """The batch as a pyarrow Table (cached): key (dictionary), step, ts, value."""
         if self._arrow is None:
-            import numpy as np
-            import pyarrow as pa
-
-            micros = (np.fromiter(self.times, dtype=np.float64, count=len(self)) * 1e6).astype(
-                "int64"
-            )
-            self._arrow = pa.table(
-                {
-                    "key": pa.array(self.keys, pa.string()).dictionary_encode(),
-                    "step": pa.array(self.steps, pa.int64()),
-                    "ts": pa.array(micros.view("datetime64[us]")),
-                    "value": pa.array(self.values, pa.float64()),
-                }
-            )
+            self._arrow = _chunks_to_arrow(self.chunks)
         return self._arrow
 
-    def summary(self) -> dict[str, tuple[int, float]]:
-        """The last ``(step, value)`` of each key in this batch."""
-        last: dict[str, tuple[int, float]] = {}
-        for key, step, _t, value in self:
-            prev = last.get(key)
-            if prev is None or step >= prev[0]:
-                last[key] = (step, value)
-        return last
+
+def _chunks_to_arrow(chunks):
+    import numpy as np
+    import pyarrow as pa
+
+    from ._arrow import column, dictionary
+
+    flat = np.concatenate([np.frombuffer(points, dtype=np.float64) for _k, points in chunks] or [np.empty(0)])
+    triples = flat.reshape(-1, 3)
+    steps = triples[:, 0].astype(np.int64)
+    micros = (triples[:, 1] * 1e6).astype(np.int64)
+    values = triples[:, 2]
+    codes = np.repeat(np.arange(len(chunks), dtype=np.int32), [len(p) // 3 for _k, p in chunks])
+    if len(steps) > 1 and ((np.diff(steps) < 0) & (np.diff(codes) == 0)).any():
+        order = np.lexsort((steps, codes))  # steps logged out of order
+        steps, micros, codes, values = steps[order], micros[order], codes[order], values[order]
+    return pa.table(
+        {
+            "key": dictionary(codes, [k for k, _p in chunks]),
+            "step": column(steps, pa.int64()),
+            "ts": column(micros, pa.timestamp("us")),
+            "value": column(values, pa.float64()),
+        }
+    )
 
 
 def is_finite(value: float) -> bool:

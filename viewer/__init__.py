@@ -1,1 +1,42 @@
-"""notebook_exp's viewer: a Panel app over the store (installed as ``notebook_exp_viewer``)."""
+"""notebook_exp's viewer: a Panel app over the store (installed as ``notebook_exp_viewer``).
+
+    import notebook_exp_viewer as viewer
+    viewer.serve(store="runs.duckdb")          # http://127.0.0.1:5006, blocks
+    server = viewer.serve(threaded=True)       # from a kernel; server.stop() to end
+    viewer.main(["--store", "runs.duckdb"])    # what ``notebook-exp view`` runs
+
+Panel and bokeh are imported on first use of these names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "ViewerApp": "notebook_exp_viewer.app",
+    "ViewerState": "notebook_exp_viewer.state",
+    "create_app": "notebook_exp_viewer.app",
+    "main": "notebook_exp_viewer.app",
+    "serve": "notebook_exp_viewer.app",
+}
+
+__all__ = ["ViewerApp", "ViewerState", "create_app", "main", "serve"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'notebook_exp_viewer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import ViewerApp, create_app, main, serve
+    from .state import ViewerState

@@ -118,8 +118,7 @@ class FakeGpuBackend(GpuBackend):
         if count < 0:
             raise ConfigError(f"a fake GPU count must be >= 0, not {count}")
         self._ids = [
-            GpuIdentity(i, _fake_uuid(i), f"{name} {i}", memory_total)
-            for i in range(count)
+            GpuIdentity(i, _fake_uuid(i), f"{name} {i}", memory_total) for i in range(count)
         ]
         self._readings = {
             i: {"memory_used": 0, "utilization": 0.0, "temperature": 35.0, "power": 60.0}

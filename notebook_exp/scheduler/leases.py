@@ -161,7 +161,15 @@ def _read_sidecar(path: Path) -> tuple[str | None, int | None]:
         run_id, pid = str(data["run_id"]), int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
-    return (run_id, pid) if psutil.pid_exists(pid) else (None, None)
+    return (run_id, pid) if _pid_alive(pid) else (None, None)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _make_lock_dir(path: Path, *, shared: bool) -> None:
@@ -254,15 +262,12 @@ class LeaseManager:
         return [i for i in devices if self.inventory.free_memory(i) >= gpu_memory]
 
     def _take_whole(self, count: int, candidates: list[int]) -> dict[int, list[FileLock]] | None:
-        """All slots of ``count`` GPUs, lowest ids first, skipping GPUs with live tenants."""
+        """All slots of ``count`` GPUs, lowest ids first."""
         taken: dict[int, list[FileLock]] = {}
         for index in candidates:
             if len(taken) == count:
                 break
-            free = self._free_slots_hint(index)
-            held = (
-                self._lock_slots(index, free, SLOTS_PER_GPU) if len(free) == SLOTS_PER_GPU else None
-            )
+            held = self._lock_slots(index, self._slot_order(index)[0], SLOTS_PER_GPU)
             if held is not None:
                 taken[index] = held
         if len(taken) == count:
@@ -271,16 +276,26 @@ class LeaseManager:
         return None
 
     def _take_slots(self, count: int, candidates: list[int]) -> dict[int, list[FileLock]] | None:
-        """Best fit: try GPUs by fewest apparently free slots (then id) that still fit."""
-        free = {i: self._free_slots_hint(i) for i in candidates}
-        order = sorted(
-            (i for i in candidates if len(free[i]) >= count), key=lambda i: (len(free[i]), i)
-        )
-        for index in order:
-            held = self._lock_slots(index, free[index], count)
+        """``count`` slots of one GPU, best fit: the GPU with the fewest free slots that
+        still fit first (then lowest id); GPUs that look too full are tried last."""
+        orders = {i: self._slot_order(i) for i in candidates}
+        fits = {i: orders[i][1] >= count for i in candidates}
+        by_fit = sorted(candidates, key=lambda i: (not fits[i], orders[i][1], i))
+        for index in by_fit:
+            held = self._lock_slots(index, orders[index][0], count)
             if held is not None:
                 return {index: held}
         return None
+
+    def _slot_order(self, index: int) -> tuple[list[int], int]:
+        """GPU ``index``'s slots, those with a live holder on record first, and how many
+        have none. Records are hints (a failed try costs nothing and touches no one);
+        trying apparently held slots first keeps us from holding free ones in vain."""
+        free = [s for s in range(SLOTS_PER_GPU) if not self._recorded_holder(index, s)]
+        return [s for s in range(SLOTS_PER_GPU) if s not in free] + free, len(free)
+
+    def _recorded_holder(self, index: int, slot: int) -> bool:
+        return _read_sidecar(self._sidecar_path(index, slot))[1] is not None
 
     def _lock_slots(self, index: int, slots: list[int], count: int) -> list[FileLock] | None:
         """Take ``count`` of the given slots of GPU ``index``, or none of them."""
@@ -299,6 +314,9 @@ class LeaseManager:
     def _lock_path(self, index: int, slot: int) -> Path:
         return self.lock_dir / f"gpu{index}.slot{slot}.lock"
 
+    def _sidecar_path(self, index: int, slot: int) -> Path:
+        return self.lock_dir / f"gpu{index}.slot{slot}.lock.holder"
+
     def _try_lock(self, index: int, slot: int) -> FileLock | None:
         """One non-blocking attempt; the lock may be released from any thread."""
         path = self._lock_path(index, slot)
@@ -308,14 +326,6 @@ class LeaseManager:
         except Timeout:
             return None
         return lock
-
-    def _free_slots_hint(self, index: int) -> list[int]:
-        """Slots of GPU ``index`` with no live holder on record (a hint: acquiring decides)."""
-        return [
-            slot
-            for slot in range(SLOTS_PER_GPU)
-            if _read_sidecar(Path(f"{self._lock_path(index, slot)}.holder"))[1] is None
-        ]
 
     # -- reporting ----------------------------------------------------------------
 
@@ -339,8 +349,7 @@ class LeaseManager:
         A slot without a sidecar counts as free, so reporting never takes the locks
         of idle slots (which would make a concurrent acquirer fail for nothing).
         """
-        lock_path = self._lock_path(index, slot)
-        sidecar = Path(f"{lock_path}.holder")
+        sidecar = self._sidecar_path(index, slot)
         if not sidecar.exists():
             return None
         probe = self._try_lock(index, slot)

@@ -133,8 +133,16 @@ class Store:
         if self._mode is None:
             return
         conn = self._conn
-        conn.execute("USE memory")
-        conn.execute("DETACH store")
+        try:
+            conn.execute("USE memory")
+            conn.execute("DETACH store")
+        except Exception:  # noqa: BLE001 - e.g. a transaction left aborted: start clean
+            log.warning("detaching %s failed; reopening the connection", self.path, exc_info=True)
+            self._conn = None
+            try:
+                conn.close()  # closing the in-memory database releases the file
+            except Exception:  # noqa: BLE001
+                pass
         self._mode = None
 
     def _make_parent(self) -> None:
@@ -196,15 +204,19 @@ class Store:
 
     # -- reading ------------------------------------------------------------
     def query(self, sql: str, params=None):
-        """Run a read-only query and return a pandas DataFrame."""
-        with self.session(write=False) as conn:
-            cur = conn.execute(sql, params) if params is not None else conn.execute(sql)
-            return cur.df()
+        """Run a read-only query and return a pandas DataFrame.
+
+        The file is held only while DuckDB runs the query; the conversion to
+        pandas (and pandas' first import, which takes seconds) happens after.
+        """
+        import pandas  # noqa: F401 - imported before the file is taken
+
+        return self.query_arrow(sql, params).to_pandas()
 
     def query_arrow(self, sql: str, params=None):
+        """Run a read-only query and return a pyarrow Table."""
         with self.session(write=False) as conn:
-            cur = conn.execute(sql, params) if params is not None else conn.execute(sql)
-            return cur.fetch_arrow_table()
+            return conn.sql(sql, params=params).to_arrow_table()
 
     # -- writing ------------------------------------------------------------
     @property

@@ -70,20 +70,20 @@ def runs(
         where.append(f"status IN ({', '.join('?' for _ in statuses)})")
         args.extend(str(s) for s in statuses)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
-    with target.session(write=False) as conn:
-        frame = conn.execute(
+    with target.session(write=False) as conn:  # held for the two queries only
+        frame = conn.sql(
             f"""SELECT run_id, experiment, name, status, created_at, started_at, ended_at,
                        epoch(coalesce(ended_at, now()::TIMESTAMP) - started_at) AS duration,
                        tags, error, attempts, priority, executor, gpus, dropped, params
                 FROM runs {clause} ORDER BY created_at DESC, run_id""",
-            args,
-        ).df()
-        last = conn.execute(
+            params=args,
+        ).to_arrow_table()
+        last = conn.sql(
             f"""SELECT s.run_id, s.key, s.last_value FROM metric_summary s
                 WHERE s.run_id IN (SELECT run_id FROM runs {clause})""",
-            args,
-        ).df()
-    return _widen(frame, last)
+            params=args,
+        ).to_arrow_table()
+    return _widen(frame.to_pandas(), last.to_pandas())
 
 
 def _widen(frame, last):

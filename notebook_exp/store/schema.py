@@ -82,9 +82,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 """
 
+# __batch arrives grouped by run and key, steps ascending (MetricBatch.to_arrow sorts).
 INSERT_METRICS = """
-INSERT INTO metrics
-SELECT run_id, key, step, ts, value FROM __batch ORDER BY run_id, key, step
+INSERT INTO metrics SELECT run_id, key, step, ts, value FROM __batch
 """
 
 UPSERT_SUMMARY = """

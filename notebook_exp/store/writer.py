@@ -27,6 +27,9 @@ from . import schema
 log = logging.getLogger("notebook_exp.store")
 
 DEFAULT_HOLD = 0.25
+#: Pause after a window that ended with work still queued, so waiting readers
+#: (which retry every 2-10 ms) get the file before the writer takes it again.
+READER_GAP = 0.015
 
 
 class StoreWriter:
@@ -105,12 +108,18 @@ class StoreWriter:
             return ops
 
     def _loop(self) -> None:
+        import numpy  # noqa: F401 - import now, not inside the first commit
+        import pyarrow  # noqa: F401
+
         try:
             while True:
                 ops = self._take(block=True)
                 if not ops:
                     break  # stopping and drained
-                self._write_window(ops)
+                try:
+                    self._write_window(ops)
+                except Exception:  # noqa: BLE001 - the writer must outlive any one failure
+                    log.exception("the writer of %s hit an unexpected error", self.store.path)
         finally:
             with self._cond:
                 self.stopped = True
@@ -126,14 +135,22 @@ class StoreWriter:
         try:
             while True:
                 self._commit(ops)
-                more = self._take(block=False) if time.monotonic() - opened < self.hold else []
+                if time.monotonic() - opened >= self.hold:
+                    self.store.release()
+                    self._done(ops)
+                    time.sleep(READER_GAP)  # saturated: let readers in between windows
+                    return
+                more = self._take(block=False)
                 if not more:
                     self.store.release()
                     self._done(ops)
                     return
                 self._done(ops)
                 ops = more
-        except BaseException:
+        except BaseException as exc:
+            with self._cond:
+                for seq, _op in ops:
+                    self._failed.setdefault(seq, exc)
             self.store.release()
             self._done(ops)
             raise
@@ -197,17 +214,16 @@ def _insert_metrics(conn, batches: list[MetricBatch]) -> None:
     import numpy as np
     import pyarrow as pa
 
-    tables = []
-    run_ids = []
-    for i, batch in enumerate(batches):
-        table = batch.to_arrow()
-        run_ids.append(batch.run_id)
-        indices = pa.array(np.full(table.num_rows, i, dtype=np.int32))
-        tables.append(table.append_column("run_id", indices))
+    from .._arrow import dictionary
+
+    tables, sizes = [], []
+    for batch in batches:
+        tables.append(batch.to_arrow())
+        sizes.append(len(batch))
     merged = pa.concat_tables(tables, promote_options="permissive")
-    ids = pa.DictionaryArray.from_arrays(merged.column("run_id").combine_chunks(), pa.array(run_ids))
-    merged = merged.set_column(merged.schema.get_field_index("run_id"), "run_id", ids)
-    conn.register("__batch", merged)
+    codes = np.repeat(np.arange(len(batches), dtype=np.int32), sizes)
+    run_ids = dictionary(codes, [b.run_id for b in batches])
+    conn.register("__batch", merged.append_column("run_id", run_ids))
     try:
         conn.execute(schema.INSERT_METRICS)
         conn.execute(schema.UPSERT_SUMMARY)

@@ -19,6 +19,7 @@ import time
 import traceback
 import uuid
 import warnings
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,25 @@ __all__ = ["Run", "current_run", "start_run"]
 
 log = logging.getLogger("notebook_exp.tracking")
 
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_STEP_MAX = 2**53  # steps are stored exactly up to here
+_STEP_MIN = -_STEP_MAX
 _time = time.time
 _monotonic = time.monotonic
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_exp_run", default=None)
 END_TIMEOUT = None  # run.end waits until the store committed everything
+
+
+class _Key:
+    """One metric key of a run: its next automatic step and its buffered points,
+    ``step, time, value`` triples in a flat ``array('d')`` (one atomic ``fromlist``
+    per point, so the flusher can take them without a lock)."""
+
+    __slots__ = ("next", "points", "add")
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.points = array("d")
+        self.add = self.points.fromlist
 
 
 def new_run_id() -> str:
@@ -58,10 +73,7 @@ class Run:
         self.run_id = info.run_id
         self.settings = settings
         self._store = store
-        self._buf: list[tuple] = []
-        self._append = self._buf.append
-        self._extend = self._buf.extend
-        self._next: dict[str, int] = {}
+        self._keys: dict[str, _Key] = {}
         self._rich_next: dict[str, int] = {}
         self._interrupt: RunInterrupted | None = None
         self._flush_lock = threading.Lock()
@@ -109,52 +121,54 @@ class Run:
         """Record metrics: ``run.log(loss=0.3, acc=0.9, step=10)``.
 
         Raises ``InvalidMetric`` (a ``TypeError``) naming the key of a value
-        that is not a real number; nothing of that call is logged. Inside a
-        run that was cancelled or timed out, raises ``RunCancelled`` /
-        ``RunTimedOut`` instead.
+        that is not a real number, or a key that is empty or over-long; nothing
+        of that call is logged. Inside a run that was cancelled or timed out,
+        raises ``RunCancelled`` / ``RunTimedOut`` instead.
         """
         if self._interrupt is not None:
             raise self._interrupt
         t = _time()
-        nxt = self._next
-        if step is not None and (step.__class__ is not int or not _I64_MIN <= step <= _I64_MAX):
+        if step is not None and (step.__class__ is not int or not _STEP_MIN <= step <= _STEP_MAX):
             step = as_step(step)
+        keys = self._keys
         if len(metrics) == 1:
-            for k, v in metrics.items():
+            for k, v in metrics.items():  # noqa: B007 - the one item, fastest way out
                 pass
             if v.__class__ is not float:
                 v = as_value(k, v)
+            rec = keys.get(k)
+            if rec is None:
+                rec = self._new_key(k)
             if step is None:
-                s = nxt.get(k)
-                if s is None:
-                    s = self._new_key(k)
-            else:
-                s = step
-                if k not in nxt:
-                    self._new_key(k)
-            nxt[k] = s + 1
-            self._append((k, s, t, v))
+                step = rec.next
+            rec.next = step + 1
+            rec.add([step, t, v])
             return
-        rows = []
         for k, v in metrics.items():
-            if v.__class__ is not float:
-                v = as_value(k, v)
-            if step is None:
-                s = nxt.get(k)
-                if s is None:
-                    s = self._new_key(k)
-            else:
-                s = step
-                if k not in nxt:
-                    self._new_key(k)
-            rows.append((k, s, t, v))
-        for row in rows:
-            nxt[row[0]] = row[1] + 1
-        self._extend(rows)
+            if v.__class__ is not float or k not in keys:
+                metrics = self._checked(metrics)  # validates all before anything is appended
+                break
+        for k, v in metrics.items():
+            rec = keys[k]
+            s = rec.next if step is None else step
+            rec.next = s + 1
+            rec.add([s, t, v])
 
-    def _new_key(self, key: str) -> int:
+    def _new_key(self, key: str) -> _Key:
         check_key(key)
-        return 0
+        rec = self._keys[key] = _Key()
+        return rec
+
+    def _checked(self, metrics: dict[str, Any]) -> dict[str, float]:
+        values = {}
+        for k, v in metrics.items():
+            values[k] = v if v.__class__ is float else as_value(k, v)
+            if k not in self._keys:
+                check_key(k)
+        for k in values:
+            if k not in self._keys:
+                self._new_key(k)
+        return values
 
     # -- other records ------------------------------------------------------
     def _rich_step(self, key: str, step: Any) -> int:
@@ -207,24 +221,27 @@ class Run:
 
     # -- flushing and ending ------------------------------------------------
     def _flush(self, force: bool = False) -> int:
-        """Hand the buffer to the sinks if it is due (or ``force``)."""
-        buf = self._buf
-        if not buf:
+        """Hand the buffered points to the sinks if due (``flush_rows`` or
+        ``flush_interval`` reached) or if ``force``."""
+        recs = list(self._keys.values())
+        pending = sum(len(rec.points) for rec in recs) // 3
+        if not pending or (
+            not force and pending < self._flush_rows and _monotonic() - self._last_flush < self._flush_interval
+        ):
             return 0
         with self._flush_lock:
-            n = len(buf)
-            if not n or (
-                not force
-                and n < self._flush_rows
-                and _monotonic() - self._last_flush < self._flush_interval
-            ):
-                return 0
-            rows = buf[:n]
-            del buf[:n]  # appends only go to the end, so these are exactly `rows`
+            chunks = []
+            for key, rec in list(self._keys.items()):
+                points = rec.points
+                n = len(points)
+                if n:
+                    chunks.append((key, points[:n]))
+                    del points[:n]  # points are only added at the end, so these are exactly the ones taken
             self._last_flush = _monotonic()
-            self.points += n
-            self._dispatcher.publish("log_metrics", MetricBatch.from_rows(self.run_id, rows), rows=n)
-        return n
+            batch = MetricBatch(self.run_id, chunks)
+            self.points += len(batch)
+            self._dispatcher.publish("log_metrics", batch, rows=len(batch))
+        return len(batch)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Push everything logged so far through every sink and wait until stored."""

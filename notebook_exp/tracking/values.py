@@ -14,7 +14,7 @@ from typing import Any
 from ..exceptions import ConfigError, InvalidMetric
 
 MAX_KEY_LENGTH = 250
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+STEP_LIMIT = 2**53  # steps are kept exactly (as float64) up to here
 
 
 def as_value(key: str, value: Any) -> float:
@@ -61,8 +61,8 @@ def as_step(step: Any) -> int:
         value = operator.index(step)
     except TypeError:
         raise InvalidMetric(f"step must be an integer, got {type(step).__name__} {step!r:.80}") from None
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise InvalidMetric(f"step {value} does not fit a 64-bit integer")
+    if not -STEP_LIMIT <= value <= STEP_LIMIT:
+        raise InvalidMetric(f"step {value} is beyond ±2**53, the largest step kept exactly")
     return value
 
 

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake(count: int = 4, **kwargs) -> GpuInventory:
-    return GpuInventory.detect(fake_gpus=count, cuda_visible_devices=kwargs.pop("cvd", None), **kwargs)
+    return GpuInventory.detect(
+        fake_gpus=count, cuda_visible_devices=kwargs.pop("cvd", None), **kwargs
+    )
 
 
 def test_fake_inventory_counts_and_plausible_snapshot():

@@ -145,7 +145,9 @@ def test_more_gpus_than_exist_can_never_be_met(lock_dir):
 
 
 def test_no_gpu_machine_explains_why(lock_dir):
-    inventory = GpuInventory(FakeGpuBackend(0), unavailable_reason="NVML is not available (no NVIDIA driver?)")
+    inventory = GpuInventory(
+        FakeGpuBackend(0), unavailable_reason="NVML is not available (no NVIDIA driver?)"
+    )
     leases = LeaseManager(inventory, lock_dir)
     with pytest.raises(GpuUnavailable, match="no GPU to lease: NVML is not available"):
         leases.try_acquire("r", 0.5)
@@ -293,6 +295,7 @@ def test_killing_the_holder_frees_its_gpu_at_once(lock_dir, children):
     os.kill(child.proc.pid, signal.SIGKILL)
     lease = None
     while lease is None and time.perf_counter() - killed_at < 5:
+        time.sleep(0.002)  # poll like a scheduler; spinning would starve the dying child
         lease = leases.try_acquire("after", 0.5)
     waited = time.perf_counter() - killed_at
     assert lease is not None and lease.gpus == (0,)

@@ -8,8 +8,7 @@ import pytest
 
 import notebook_exp as nx
 from notebook_exp.exceptions import SinkError
-from notebook_exp.sinks import Sink, registry
-from notebook_exp.sinks import dispatch
+from notebook_exp.sinks import dispatch, registry
 from notebook_exp.testing import MemorySink
 
 

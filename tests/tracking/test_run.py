@@ -6,7 +6,7 @@ import pytest
 
 import notebook_exp as nx
 from notebook_exp.exceptions import ConfigError, InvalidMetric, RunCancelled, StoreError
-from notebook_exp.testing import MemorySink, shutdown
+from notebook_exp.testing import MemorySink
 
 
 def test_context_manager_stores_points_and_completes(store_path, read_only):
@@ -75,7 +75,7 @@ def test_bad_keys_are_rejected(key):
             run.log(**{key: 1.0})
 
 
-@pytest.mark.parametrize("step", [1.5, "3", True, 2**70])
+@pytest.mark.parametrize("step", [1.5, "3", True, 2**70, 2**53 + 1])
 def test_bad_steps_are_rejected(step):
     with nx.start_run() as run:
         with pytest.raises(InvalidMetric):

@@ -1,0 +1,165 @@
+"""The Run page: one run's params, tags, status history, error, charts, output, media and source.
+
+Everything the store holds is shown as escaped text. While the run is queued
+or running, ``refresh()`` re-reads its row and events and grows its charts.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import panel as pn
+
+from ..state import TELEMETRY_PREFIXES
+from .common import (
+    STATUS_COLORS,
+    choice_options,
+    format_value,
+    kv_table,
+    message,
+    text_block,
+    title,
+)
+from .metric_chart import MetricChart
+from .run_media import RunMedia
+
+__all__ = ["RunDetail"]
+
+LIVE = ("queued", "running")
+INFO_FIELDS = [
+    ("run id", "run_id"), ("experiment", "experiment"), ("status", "status"),
+    ("created (UTC)", "created_at"), ("started (UTC)", "started_at"), ("ended (UTC)", "ended_at"),
+    ("host", "host"), ("pid", "pid"), ("executor", "executor"), ("priority", "priority"),
+    ("attempts", "attempts"), ("GPUs", "gpus"), ("dropped points", "dropped"),
+]
+DEFAULT_KEYS = 4
+
+
+class RunDetail:
+    """Shows ``state.current_run``; ``show(run_id)`` switches runs."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.run_id: str | None = None
+        self.status: str | None = None
+        self._keys: list[str] = []
+        self.run_input = pn.widgets.TextInput(name="Run id", placeholder="paste a run id", width=260)
+        self.run_input.param.watch(lambda e: e.new and self.show(e.new.strip()), "value")
+        self.header = pn.pane.HTML(message("Click a run name on the Runs page to open it."),
+                                   css_classes=["nx-run-header"], sizing_mode="stretch_width")
+        self.info = pn.pane.HTML("", css_classes=["nx-run-info"])
+        self.params = pn.pane.HTML("", css_classes=["nx-run-params"])
+        self.error = pn.Column(sizing_mode="stretch_width")
+        self.events = pn.widgets.Tabulator(
+            pd.DataFrame({"ts": [], "event": [], "detail": []}), show_index=False, disabled=True,
+            selectable=False, sizing_mode="stretch_width", layout="fit_data_stretch",
+            css_classes=["nx-events"],
+        )
+        self.metric_keys = pn.widgets.MultiChoice(name="Metrics", options={}, value=[], width=420)
+        self._choosing = False
+        self.metric_keys.param.watch(lambda e: self._choosing or self._plot_metrics(), "value")
+        self.chart = MetricChart(state, css_class="nx-run-chart")
+        self.sys_chart = MetricChart(state, height=260, title="system", css_class="nx-sys-chart")
+        self.gpu_chart = MetricChart(state, height=260, title="GPU", css_class="nx-gpu-chart")
+        self.telemetry_note = pn.pane.HTML("")
+        self.output = pn.Column(sizing_mode="stretch_width")
+        self.source = pn.Column(sizing_mode="stretch_width")
+        self.media = RunMedia(state)
+
+    def panel(self) -> pn.viewable.Viewable:
+        overview = pn.Column(
+            pn.Row(pn.Column("### Run", self.info), pn.Column("### Params", self.params)),
+            self.error, self.metric_keys, self.chart.panel(), "### Status history", self.events,
+            sizing_mode="stretch_width",
+        )
+        system = pn.Column(self.telemetry_note, self.sys_chart.panel(controls=False),
+                           self.gpu_chart.panel(controls=False), sizing_mode="stretch_width")
+        tabs = pn.Tabs(("Overview", overview), ("System", system), *self.media.panels().items(),
+                       ("Output", self.output), ("Source", self.source), dynamic=True)
+        return pn.Column(self.run_input, self.header, tabs, sizing_mode="stretch_width")
+
+    # -- showing a run -------------------------------------------------------------
+    def show(self, run_id: str) -> None:
+        overview = self.state.run_overview(run_id)
+        if overview is None:
+            self.header.object = message(f"No run with id {run_id!r}.", "error")
+            return
+        self.run_id = run_id
+        self.state.current_run = run_id
+        self._render(overview, first=True)
+        self.media.show(run_id)
+
+    def refresh(self) -> None:
+        """Re-read a live run (and once more when it has just ended)."""
+        if self.run_id is None or self.status not in LIVE:
+            return
+        overview = self.state.run_overview(self.run_id)
+        if overview is not None:
+            self._render(overview, first=False)
+            self.chart.refresh()
+            self.sys_chart.refresh()
+            self.gpu_chart.refresh()
+
+    def _render(self, overview: dict, first: bool) -> None:
+        run = overview["run"]
+        self.status = run.get("status")
+        color = STATUS_COLORS.get(self.status, "#333")
+        self.header.object = (
+            f'<h2 class="nx-run-name" style="margin:0">{title(run.get("name"))}</h2>'
+            f'<span class="nx-run-status" style="color:{color}; font-weight:bold">'
+            f'{title(self.status)}</span> <span>{title(run.get("experiment"))}</span>'
+        )
+        self.info.object = kv_table((label, run.get(field)) for label, field in INFO_FIELDS)
+        tags = run.get("tags")
+        tag_list = list(tags) if tags is not None and not isinstance(tags, str) else []
+        params = sorted(run["params"].items())
+        extra = [("tags", ", ".join(map(str, tag_list)))] if tag_list else []
+        self.params.object = kv_table([*params, *extra]) if params or extra else message("(no params)")
+        self._render_error(run.get("error"))
+        self._render_events(overview["events"])
+        keys = list(overview["summary"]["key"]) if len(overview["summary"]) else []
+        self._render_charts(keys, first)
+        if first:
+            self.output.objects = [text_block(run.get("output") or "(no captured output)", "nx-output", 800)]
+            self.source.objects = [text_block(run.get("source") or "(no source recorded)", "nx-source", 800)]
+
+    def _render_error(self, error) -> None:
+        if error is None or (isinstance(error, float) and error != error) or not str(error).strip():
+            self.error.objects = []
+            return
+        self.error.objects = [pn.pane.HTML("<h3>Error</h3>"), text_block(error, "nx-error", 500)]
+
+    def _render_events(self, events: pd.DataFrame) -> None:
+        frame = events.copy()
+        for column in ("detail", "host", "event", "pid"):
+            if column in frame:
+                frame[column] = [format_value(v) for v in frame[column]]
+        self.events.titles = {c: title(c) for c in frame.columns}
+        self.events.formatters = {c: {"type": "plaintext"} for c in ("event", "detail", "host", "pid")}
+        self.events.value = frame
+
+    def _render_charts(self, keys: list[str], first: bool) -> None:
+        plain = [k for k in keys if not k.startswith(TELEMETRY_PREFIXES)]
+        if first or plain != self._keys:
+            current = [k for k in self.metric_keys.value if k in plain] if not first else []
+            self._keys = plain
+            self._choosing = True
+            try:
+                self.metric_keys.options = choice_options(plain)
+                self.metric_keys.value = current or plain[:DEFAULT_KEYS]
+            finally:
+                self._choosing = False
+            if first or self.metric_keys.value != self.chart.keys:
+                self._plot_metrics()
+        if first:
+            sys_keys = [k for k in keys if k.startswith("sys/")]
+            gpu_keys = [k for k in keys if k.startswith("gpu/")]
+            self.sys_chart.set_series([self.run_id], sys_keys, {self.run_id: "this run"})
+            self.gpu_chart.set_series([self.run_id], gpu_keys, {self.run_id: "this run"})
+            none = not sys_keys and not gpu_keys
+            self.telemetry_note.object = message("No system or GPU telemetry for this run.") if none else ""
+
+    def _plot_metrics(self) -> None:
+        if self.run_id is None:
+            return
+        keys = list(self.metric_keys.value)
+        self.chart.set_series([self.run_id], keys, {self.run_id: "this run"})

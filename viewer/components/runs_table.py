@@ -1,0 +1,265 @@
+"""The runs page: filter widgets over a Tabulator of runs that stays live.
+
+The table pages on the server (``pagination="remote"``): the browser only ever
+holds one page, so 10,000 runs stay fast. ``refresh()`` (called periodically
+by the app) patches the rows of queued/running runs and streams in new runs;
+it never replaces the table's data, which would drop the user's selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import panel as pn
+from bokeh.models.widgets.tables import (
+    DateFormatter,
+    NumberFormatter,
+    ScientificFormatter,
+    StringFormatter,
+)
+from bokeh.transform import factor_cmap
+
+from ..filters import FilterError
+from ..queries import BASE_COLUMNS, best_goal
+from .common import STATUS_COLORS, choice_options, message, title
+
+__all__ = ["RunsTable"]
+
+LIVE_STATUSES = ("queued", "running")
+PAGE_SIZE = 50
+PLAIN = {"type": "plaintext"}
+BASE_TITLES = {
+    "run_id": "run id", "name": "name", "experiment": "experiment", "status": "status",
+    "created": "created", "started": "started (UTC)", "duration": "duration (s)",
+    "gpus": "GPUs", "tags": "tags",
+}
+FACET_EVERY = 5
+NAME_LINK_CSS = """
+.tabulator-cell[tabulator-field="name"] { color: #1a5fb4; cursor: pointer; text-decoration: underline; }
+"""  # refreshes between re-reading the filter options
+
+
+def _status_formatter() -> StringFormatter:
+    statuses = list(STATUS_COLORS)
+    colors = factor_cmap("status", [STATUS_COLORS[s] for s in statuses], statuses, nan_color="#333333")
+    return StringFormatter(text_color=colors, font_style="bold")
+
+
+def column_title(column: str) -> str:
+    """The escaped header of a runs-table column."""
+    if column in BASE_TITLES:
+        return BASE_TITLES[column]
+    kind, _, name = column.partition(":")
+    if kind == "param":
+        return title(name)
+    if kind == "last":
+        return f"{title(name)} (last)"
+    arrow = "\u2193" if best_goal(name) == "min" else "\u2191"
+    return f"{title(name)} (best {arrow})"
+
+
+def column_formatter(column: str, dtype) -> object:
+    if column == "status":
+        return _status_formatter()
+    if column in ("created", "started"):
+        return DateFormatter(format="%Y-%m-%d %H:%M:%S")
+    if column == "duration":
+        return NumberFormatter(format="0,0.0", nan_format="", null_format="")
+    if pd.api.types.is_float_dtype(dtype):
+        return ScientificFormatter(precision=4, power_limit_low=-4, nan_format="", null_format="")
+    return dict(PLAIN)
+
+
+class RunsTable:
+    """Filters, the runs Tabulator, selection for Compare and clicks to open a run."""
+
+    def __init__(self, state, on_open_run: Callable[[str], None] | None = None,
+                 on_compare: Callable[[], None] | None = None) -> None:
+        self.state = state
+        self.on_open_run = on_open_run
+        self.on_compare = on_compare
+        self._loading = False
+        self._refreshes = 0
+        facets = state.facets(refresh=True)
+        if not state.metric_columns:
+            state.metric_columns = state.default_metric_columns()
+        self._build_widgets(facets)
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=BASE_COLUMNS), pagination="remote", page_size=PAGE_SIZE,
+            selectable="checkbox", show_index=False, disabled=True, hidden_columns=["created"],
+            sizing_mode="stretch_width", layout="fit_data_table", header_align="left",
+            sorters=[{"field": "created", "dir": "desc"}], css_classes=["nx-runs-table"],
+            stylesheets=[NAME_LINK_CSS],
+        )
+        self.table.param.watch(self._on_selection, "selection")
+        self.table.on_click(self._on_click, column="name")
+        self._load(self._safe_list())
+
+    # -- widgets ---------------------------------------------------------------
+    def _build_widgets(self, facets: dict) -> None:
+        state = self.state
+        multi = dict(width=200, solid=False)
+        self.experiments = pn.widgets.MultiChoice(
+            name="Experiment", options=choice_options(facets["experiments"]), value=list(state.experiments), **multi)
+        self.statuses = pn.widgets.MultiChoice(
+            name="Status", options=choice_options(facets["statuses"] or list(STATUS_COLORS)),
+            value=list(state.statuses), **multi)
+        self.tags = pn.widgets.MultiChoice(
+            name="Tags", options=choice_options(facets["tags"]), value=list(state.tags), **multi)
+        self.metrics = pn.widgets.MultiChoice(
+            name="Metric columns", options=choice_options(facets["metrics"]),
+            value=list(state.metric_columns), **multi)
+        self.text = pn.widgets.TextInput(name="Search", value=state.text, placeholder="name, id, tag, param", width=200)
+        self.expression = pn.widgets.TextInput(
+            name="Filter (Enter to apply)", value=state.expression, width=320,
+            placeholder="lr < 0.01 and loss < 0.2", css_classes=["nx-filter"])
+        self.error = pn.pane.HTML("", css_classes=["nx-filter-error"], sizing_mode="stretch_width")
+        self.count = pn.pane.HTML("", css_classes=["nx-count"])
+        self.compare_button = pn.widgets.Button(name="Compare selected (0)", button_type="primary", disabled=True)
+        self.compare_button.on_click(lambda _event: self.on_compare and self.on_compare())
+        watched = {
+            self.experiments: "experiments", self.statuses: "statuses", self.tags: "tags",
+            self.metrics: "metric_columns", self.text: "text", self.expression: "expression",
+        }
+        for widget, name in watched.items():
+            widget.param.watch(lambda event, name=name: self._on_filter(name, event.new), "value")
+
+    def panel(self) -> pn.viewable.Viewable:
+        filters = pn.Row(self.experiments, self.statuses, self.tags, self.text, self.expression, self.metrics)
+        header = pn.Row(self.count, self.compare_button)
+        return pn.Column(filters, self.error, header, self.table, sizing_mode="stretch_width")
+
+    # -- loading ---------------------------------------------------------------
+    def _safe_list(self) -> pd.DataFrame:
+        try:
+            return self.state.list_runs()
+        except FilterError as exc:
+            self.error.object = message(str(exc), "error")
+            return self.state.list_runs(expression="")
+
+    def _on_filter(self, name: str, value) -> None:
+        if self._loading:
+            return
+        try:
+            frame = self.state.update_filters(**{name: list(value) if isinstance(value, list) else value})
+        except FilterError as exc:
+            self.error.object = message(f"Filter not applied: {exc}", "error")
+            return
+        self.error.object = ""
+        self._load(frame)
+
+    def _load(self, frame: pd.DataFrame) -> None:
+        """Replace the table's data and keep the selected runs that are still listed."""
+        keep = list(self.state.selected)
+        self._loading = True
+        try:
+            self.table.titles = {c: column_title(c) for c in frame.columns}
+            self.table.formatters = {c: column_formatter(c, frame[c].dtype) for c in frame.columns}
+            self.table.value = frame
+            positions = {run_id: i for i, run_id in enumerate(frame["run_id"])}
+            self.table.selection = [positions[r] for r in keep if r in positions]
+        finally:
+            self._loading = False
+        self._set_selected([r for r in keep if r in positions])
+        self._update_count()
+
+    def _update_count(self) -> None:
+        n = len(self.table.value)
+        self.count.object = message(f"{n} run{'s' if n != 1 else ''}")
+
+    # -- selection and clicks --------------------------------------------------
+    def _on_selection(self, event) -> None:
+        if self._loading:
+            return
+        ids = self.table.value["run_id"]
+        self._set_selected([ids.iloc[i] for i in event.new if i < len(ids)])
+
+    def _set_selected(self, run_ids: list[str]) -> None:
+        self.state.selected = list(run_ids)
+        self.compare_button.name = f"Compare selected ({len(run_ids)})"
+        self.compare_button.disabled = len(run_ids) < 1
+
+    def select(self, run_ids: list[str]) -> None:
+        """Select these runs in the table (those that are listed)."""
+        positions = {run_id: i for i, run_id in enumerate(self.table.value["run_id"])}
+        self.table.selection = [positions[r] for r in run_ids if r in positions]
+
+    def _on_click(self, event) -> None:
+        run_id = self.table.value["run_id"].iloc[event.row]
+        if self.on_open_run is not None:
+            self.on_open_run(run_id)
+
+    # -- live refresh -----------------------------------------------------------
+    def refresh(self) -> None:
+        """Patch queued/running rows in place and stream in runs that appeared."""
+        self._refreshes += 1
+        if self._refreshes % FACET_EVERY == 0:
+            self._refresh_options()
+        value = self.table.value
+        live = value.loc[value["status"].isin(LIVE_STATUSES), "run_id"].tolist()
+        if live:
+            self._patch_rows(self.state.rows(live))
+        since = value["created"].max() if len(value) else None
+        try:
+            new = self.state.new_runs(set(value["run_id"]), None if pd.isna(since) else since)
+        except FilterError:
+            return
+        if len(new):
+            self._add_rows(new)
+
+    def _patch_rows(self, fresh: pd.DataFrame) -> None:
+        value = self.table.value
+        index_of = pd.Series(value.index, index=value["run_id"].to_numpy())
+        patch: dict[str, list] = {}
+        for _, row in fresh.iterrows():
+            if row["run_id"] not in index_of.index:
+                continue
+            idx = index_of[row["run_id"]]
+            for column in fresh.columns:
+                if column not in value.columns or column == "run_id":
+                    continue
+                old, new = value.at[idx, column], row[column]
+                if not _same(old, new):
+                    patch.setdefault(column, []).append((idx, new))
+        if patch:
+            self.table.patch(patch)
+
+    def _add_rows(self, new: pd.DataFrame) -> None:
+        value = self.table.value
+        if set(new.columns) - set(value.columns):
+            self._load(self.state.list_runs())  # new params/metrics: columns change
+            return
+        self.table.stream(_conform(new, value), follow=False)
+        self._update_count()
+
+    def _refresh_options(self) -> None:
+        facets = self.state.facets(refresh=True)
+        self._loading = True
+        try:
+            self.experiments.options = choice_options(facets["experiments"])
+            self.tags.options = choice_options(facets["tags"])
+            self.metrics.options = choice_options(facets["metrics"])
+            self.statuses.options = choice_options(facets["statuses"] or list(STATUS_COLORS))
+        finally:
+            self._loading = False
+
+
+def _conform(new: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """``new`` with exactly the columns and dtypes of ``like`` (missing text stays empty)."""
+    new = new.reindex(columns=like.columns)
+    for column, dtype in like.dtypes.items():
+        try:
+            new[column] = new[column].astype(dtype)
+        except (TypeError, ValueError):
+            new[column] = new[column].astype(object).where(new[column].notna(), None)
+    return new
+
+
+def _same(old, new) -> bool:
+    if pd.isna(old) if not isinstance(old, (list, tuple)) else False:
+        return not isinstance(new, (list, tuple)) and pd.isna(new)
+    try:
+        return bool(old == new)
+    except (TypeError, ValueError):
+        return False

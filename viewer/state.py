@@ -1,0 +1,319 @@
+"""``ViewerState``: the viewer's one data store (filters, selection) and its only querier.
+
+Views take a state and call its methods; they never touch the store. Every
+method opens one short read-only session (``Store.session``), runs a query or
+a few, and closes it again, so a writer in another process is never kept out
+for longer than one query (DESIGN.md §4). Served from inside a kernel, the
+same calls go through that kernel's own ``Store`` (``get_store`` is per
+process), so they never fight its writer for the file lock.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import param
+
+from notebook_exp.config import get_settings
+from notebook_exp.exceptions import StoreError
+from notebook_exp.store import get_store, utcnow
+
+from . import queries
+from .filters import FilterError, FilterNames, compile_filter
+
+__all__ = ["DEFAULT_WIDTH", "FilterError", "ViewerState"]
+
+DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucket
+DEFAULT_METRIC_COLUMNS = 3
+EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
+FILTER_PARAMS = ("experiments", "statuses", "tags", "text", "expression", "metric_columns")
+TELEMETRY_PREFIXES = ("sys/", "gpu/")
+MAX_IMAGES = 24
+MAX_IMAGES_PER_KEY = 8
+
+
+class ViewerState(param.Parameterized):
+    """Filters and selection of one viewer session, and every query the views need."""
+
+    experiments = param.List(default=[], item_type=str, doc="Show only runs of these experiments.")
+    statuses = param.List(default=[], item_type=str, doc="Show only runs in these states.")
+    tags = param.List(default=[], item_type=str, doc="Show only runs carrying all these tags.")
+    text = param.String(default="", doc="Free text matched in name, experiment, id, tags, params.")
+    expression = param.String(default="", doc="Param/metric expression, e.g. 'lr < 0.01 and loss < 0.2'.")
+    metric_columns = param.List(default=[], item_type=str, doc="Metric keys shown as last/best columns.")
+    selected = param.List(default=[], item_type=str, doc="Run ids selected for the Compare page.")
+    current_run = param.String(default=None, allow_None=True, doc="Run id shown on the Run page.")
+    refresh_seconds = param.Number(default=2.0, bounds=(0.1, None), doc="Live refresh period.")
+
+    def __init__(self, store=None, lock_timeout: float = 10.0, **params) -> None:
+        super().__init__(**params)
+        path = store if store is not None else get_settings().store_path
+        self.store_path = Path(path).expanduser().absolute()
+        self.lock_timeout = lock_timeout
+        self._facets: dict[str, list[str]] | None = None
+
+    # -- sessions -------------------------------------------------------------
+    @property
+    def store(self):
+        return get_store(self.store_path)
+
+    def _read(self, work, default):
+        """Run ``work(conn)`` in one short read-only session; ``default`` if no store yet."""
+        if not self.store_path.exists():
+            return default
+        try:
+            with self.store.session(write=False, timeout=self.lock_timeout) as conn:
+                return work(conn)
+        except StoreError:
+            if not self.store_path.exists():
+                return default
+            raise
+
+    # -- filters and the runs list --------------------------------------------
+    def facets(self, refresh: bool = False) -> dict[str, list[str]]:
+        """Experiments, statuses, tags, param names and metric keys present in the store."""
+        if self._facets is None or refresh:
+            self._facets = self._read(queries.facets, dict(EMPTY_FACETS))
+        return self._facets
+
+    def default_metric_columns(self) -> list[str]:
+        keys = [k for k in self.facets()["metrics"] if not k.startswith(TELEMETRY_PREFIXES)]
+        return keys[:DEFAULT_METRIC_COLUMNS]
+
+    def where(self, **overrides) -> tuple[str, list]:
+        """The WHERE clause (without ``WHERE``) and arguments for the filters.
+
+        ``overrides`` replace filter values for this call only. Raises
+        ``FilterError`` for an expression that does not parse.
+        """
+        values = {name: overrides.get(name, getattr(self, name)) for name in FILTER_PARAMS}
+        clauses, args = [], []
+        if values["experiments"]:
+            clauses.append("runs.experiment IN (SELECT unnest(?::VARCHAR[]))")
+            args.append(list(values["experiments"]))
+        if values["statuses"]:
+            clauses.append("runs.status IN (SELECT unnest(?::VARCHAR[]))")
+            args.append(list(values["statuses"]))
+        if values["tags"]:
+            clauses.append("list_has_all(coalesce(runs.tags, []), ?::VARCHAR[])")
+            args.append(list(values["tags"]))
+        text = values["text"].strip().lower()
+        if text:
+            fields = "concat_ws(' ', runs.name, runs.experiment, runs.run_id, " \
+                     "array_to_string(runs.tags, ' '), CAST(runs.params AS VARCHAR))"
+            clauses.append(f"contains(lower({fields}), ?)")
+            args.append(text)
+        if values["expression"].strip():
+            facets = self.facets(refresh=True)
+            names = FilterNames(facets["params"], facets["metrics"], utcnow())
+            sql, expr_args = compile_filter(values["expression"], names)
+            clauses.append(sql)
+            args.extend(expr_args)
+        return " AND ".join(f"({c})" for c in clauses), args
+
+    def list_runs(self, **overrides) -> pd.DataFrame:
+        """The runs table for the filters (newest first); never scans ``metrics``."""
+        where, args = self.where(**overrides)
+        keys = list(overrides.get("metric_columns", self.metric_columns))
+        return self._read(
+            lambda conn: queries.list_runs(conn, where, args, utcnow(), keys),
+            queries.runs_frame(_empty_base(), None, keys),
+        )
+
+    def update_filters(self, **changes) -> pd.DataFrame:
+        """Apply filter changes if they are valid and return the new runs table.
+
+        A bad expression raises ``FilterError`` and changes nothing.
+        """
+        unknown = set(changes) - set(FILTER_PARAMS)
+        if unknown:
+            raise TypeError(f"not filters: {sorted(unknown)}")
+        frame = self.list_runs(**changes)
+        self.param.update(**changes)
+        return frame
+
+    def rows(self, run_ids: list[str]) -> pd.DataFrame:
+        """Fresh rows (same columns as ``list_runs``) for these runs, ignoring filters."""
+        if not run_ids:
+            return queries.runs_frame(_empty_base(), None, list(self.metric_columns))
+        keys = list(self.metric_columns)
+        return self._read(
+            lambda conn: queries.list_runs(conn, "", [], utcnow(), keys, run_ids=list(run_ids)),
+            queries.runs_frame(_empty_base(), None, keys),
+        )
+
+    def new_runs(self, known: set[str], since) -> pd.DataFrame:
+        """Runs matching the filters created at or after ``since`` that are not in ``known``."""
+        where, args = self.where()
+        clause = "runs.created_at >= ?::TIMESTAMP" if since is not None else ""
+        where = " AND ".join(c for c in (where, clause) if c)
+        args = args + ([since] if since is not None else [])
+        keys = list(self.metric_columns)
+        frame = self._read(
+            lambda conn: queries.list_runs(conn, where, args, utcnow(), keys),
+            queries.runs_frame(_empty_base(), None, keys),
+        )
+        return frame[~frame["run_id"].isin(known)].reset_index(drop=True)
+
+    def count_runs(self) -> int:
+        return self._read(lambda conn: conn.execute("SELECT count(*) FROM runs").fetchone()[0], 0)
+
+    # -- charts -----------------------------------------------------------------
+    def series(self, run_ids, keys, x: str = "step", window=None, width: int = DEFAULT_WIDTH):
+        """Downsampled points (run_id, key, x, value) and the full x extent of the data.
+
+        ``x`` is ``"step"``, ``"wall"`` (epoch ms) or ``"relative"`` (seconds
+        since the run started); ``window`` is an (x0, x1) range or ``None``
+        for everything.
+        """
+        if x not in queries.X_EXPRESSIONS:
+            raise ValueError(f"x must be one of {sorted(queries.X_EXPRESSIONS)}, not {x!r}")
+        empty = pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []})
+        run_ids, keys = list(run_ids), list(keys)
+        if not run_ids or not keys:
+            return empty, None
+
+        def work(conn):
+            full = queries.metric_bounds(conn, run_ids, keys)[x]
+            if full is None:
+                return empty, None
+            offsets = queries.x_offsets(conn, run_ids) if x == "relative" else {}
+            span = window if window is not None else full
+            return queries.downsample(conn, run_ids, offsets, keys, x, span, width), full
+
+        return self._read(work, (empty, None))
+
+    def metric_keys(self, run_ids: list[str]) -> list[str]:
+        """Metric keys logged by any of these runs."""
+        return self._read(
+            lambda conn: [r[0] for r in conn.execute(
+                "SELECT DISTINCT key FROM metric_summary WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
+                "ORDER BY 1", [list(run_ids)]).fetchall()],
+            [],
+        )
+
+    def compare_data(self, run_ids: list[str]) -> dict:
+        """Names, statuses, params and metric summaries of the runs to compare."""
+        ids = list(run_ids)
+
+        def work(conn):
+            runs = conn.execute(
+                "SELECT run_id, name, status, CAST(params AS VARCHAR) AS params FROM runs "
+                "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).df()
+            summary = conn.execute(
+                "SELECT run_id, key, last_value, min_value, max_value FROM metric_summary "
+                "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).df()
+            return runs, summary
+
+        runs, summary = self._read(work, (pd.DataFrame(columns=["run_id", "name", "status", "params"]),
+                                          pd.DataFrame(columns=["run_id", "key"])))
+        order = {run_id: i for i, run_id in enumerate(ids)}
+        runs = runs.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
+        params = {r: _load_params(p) for r, p in zip(runs["run_id"], runs["params"], strict=True)}
+        return {
+            "runs": runs.drop(columns="params"),
+            "params": params,
+            "summary": summary,
+        }
+
+    # -- one run ----------------------------------------------------------------
+    def run_overview(self, run_id: str) -> dict | None:
+        """The run's row, its events and its metric summary; ``None`` if there is no such run."""
+        def work(conn):
+            row = conn.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+            if not len(row):
+                return None
+            events = conn.execute(
+                "SELECT ts, event, detail, host, pid FROM events WHERE run_id = ? ORDER BY ts",
+                [run_id]).df()
+            summary = conn.execute(
+                "SELECT key, count, first_step, last_step, last_value, min_value, max_value, last_ts "
+                "FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id]).df()
+            return {"run": row.iloc[0].to_dict(), "events": events, "summary": summary}
+
+        overview = self._read(work, None)
+        if overview is not None:
+            overview["run"]["params"] = _load_params(overview["run"].get("params"))
+        return overview
+
+    def run_media(self, run_id: str, limit: int = 200) -> dict:
+        """Texts and histograms (newest ``limit`` per key), newest images (PNG), artifacts."""
+        def work(conn):
+            newest = ("QUALIFY row_number() OVER (PARTITION BY key ORDER BY step DESC) <= ? "
+                      "ORDER BY key, step")
+            return {
+                "texts": conn.execute(
+                    f"SELECT key, step, ts, text FROM texts WHERE run_id = ? {newest}",
+                    [run_id, limit]).df(),
+                "histograms": conn.execute(
+                    f"SELECT key, step, bin_edges, counts FROM histograms WHERE run_id = ? {newest}",
+                    [run_id, limit]).df(),
+                "images": conn.execute(
+                    f"SELECT key, step, width, height, png FROM images WHERE run_id = ? {newest} "
+                    "LIMIT ?", [run_id, MAX_IMAGES_PER_KEY, MAX_IMAGES]).df(),
+                "artifacts": conn.execute(
+                    "SELECT name, path, size, sha256, ts FROM artifacts WHERE run_id = ? ORDER BY name",
+                    [run_id]).df(),
+            }
+
+        return self._read(work, {"texts": None, "histograms": None, "images": None, "artifacts": None})
+
+    def artifact_file(self, path: str) -> Path | None:
+        """The artifact's file if it exists inside the store's folder, else ``None``."""
+        try:
+            target = Path(path).resolve()
+        except (OSError, ValueError):
+            return None
+        root = self.store_path.parent.resolve()
+        if root not in target.parents or not target.is_file():
+            return None
+        return target
+
+    # -- export -----------------------------------------------------------------
+    def export_metrics(self, run_ids: list[str], fmt: str = "csv") -> bytes:
+        """Every metric point of these runs as CSV or Parquet bytes (long form)."""
+        if fmt not in ("csv", "parquet"):
+            raise ValueError(f"format must be 'csv' or 'parquet', not {fmt!r}")
+        sql = ("SELECT r.name AS run_name, m.run_id, m.key, m.step, m.ts, m.value "
+               "FROM metrics m JOIN runs r ON r.run_id = m.run_id "
+               "WHERE m.run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY m.run_id, m.key, m.step")
+        table = self._read(lambda conn: conn.sql(sql, params=[list(run_ids)]).to_arrow_table(), None)
+        buffer = io.BytesIO()
+        if table is None:
+            table = _empty_export()
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(table, buffer)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, buffer)
+        return buffer.getvalue()
+
+
+def _load_params(value) -> dict:
+    if isinstance(value, dict):
+        return value
+    try:
+        loaded = json.loads(value) if isinstance(value, str) else {}
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _empty_base() -> pd.DataFrame:
+    return pd.DataFrame({c: [] for c in [*queries.BASE_COLUMNS, "params"]})
+
+
+def _empty_export():
+    import pyarrow as pa
+
+    return pa.table({
+        "run_name": pa.array([], pa.string()), "run_id": pa.array([], pa.string()),
+        "key": pa.array([], pa.string()), "step": pa.array([], pa.int64()),
+        "ts": pa.array([], pa.timestamp("us")), "value": pa.array([], pa.float64()),
+    })
