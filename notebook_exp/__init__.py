@@ -22,8 +22,11 @@ _EXPORTS = {
     "InvalidMetric": "notebook_exp.exceptions",
     "MissingDependency": "notebook_exp.exceptions",
     "NotebookExpError": "notebook_exp.exceptions",
+    "ExperimentSpec": "notebook_exp.scheduler.spec",
+    "Job": "notebook_exp.scheduler.job",
     "Run": "notebook_exp.tracking.run",
     "RunCancelled": "notebook_exp.exceptions",
+    "RunFailed": "notebook_exp.exceptions",
     "RunInterrupted": "notebook_exp.exceptions",
     "RunStatus": "notebook_exp.models",
     "RunTimedOut": "notebook_exp.exceptions",
@@ -33,6 +36,11 @@ _EXPORTS = {
     "StoreLocked": "notebook_exp.exceptions",
     "current_run": "notebook_exp.tracking.run",
     "get_settings": "notebook_exp.config",
+    "gpus": "notebook_exp.scheduler.api",
+    "resubmit": "notebook_exp.scheduler.api",
+    "submit": "notebook_exp.scheduler.api",
+    "sweep": "notebook_exp.scheduler.api",
+    "wait": "notebook_exp.scheduler.api",
     "metrics": "notebook_exp.store.queries",
     "runs": "notebook_exp.store.queries",
     "sql": "notebook_exp.store.queries",
@@ -64,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         MissingDependency,
         NotebookExpError,
         RunCancelled,
+        RunFailed,
         RunInterrupted,
         RunTimedOut,
         SinkError,
@@ -71,5 +80,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         StoreLocked,
     )
     from .models import RunStatus
+    from .scheduler.api import gpus, resubmit, submit, sweep, wait
+    from .scheduler.job import Job
+    from .scheduler.spec import ExperimentSpec
     from .store.queries import metrics, runs, sql
     from .tracking.run import Run, current_run, start_run

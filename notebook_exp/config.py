@@ -72,6 +72,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a reader waits for a store held by another process before raising StoreLocked.",
     )
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Runs this process's scheduler runs at once (default: the CPU count, at least 2)."
+    )
+    cancel_grace: float = Field(
+        5.0, ge=0, description="Seconds a cancelled or timed-out run gets to stop before it is killed."
+    )
+    reserved_gpus: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Physical GPU ids the scheduler never leases (e.g. NOTEBOOK_EXP_RESERVED_GPUS=0)."
+    )
     fake_gpus: int | None = Field(
         None, ge=0, description="Declare this many virtual GPUs instead of asking NVML (tests, demos, CI)."
     )
@@ -79,9 +88,9 @@ class Settings(BaseSettings):
         None, description="Machine-wide directory for GPU lease lock files (default: a folder in the temp dir)."
     )
 
-    @field_validator("sinks", mode="before")
+    @field_validator("sinks", "reserved_gpus", mode="before")
     @classmethod
-    def _parse_sinks(cls, value: Any) -> Any:
+    def _parse_lists(cls, value: Any) -> Any:
         return _split_names(value)
 
     @classmethod

@@ -14,6 +14,7 @@ Some also derive from the builtin a caller would naturally catch::
     ├── RunInterrupted              raised inside a run by its next run.log()
     │   ├── RunCancelled
     │   └── RunTimedOut
+    ├── RunFailed                   job.result() of a run that failed (carries the traceback)
     └── GpuUnavailable              NVML failed, or no GPU can be leased
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "MissingDependency",
     "NotebookExpError",
     "RunCancelled",
+    "RunFailed",
     "RunInterrupted",
     "RunTimedOut",
     "SinkError",
@@ -89,6 +91,16 @@ class RunCancelled(RunInterrupted):
 
 class RunTimedOut(RunInterrupted):
     """The run passed its timeout."""
+
+
+class RunFailed(NotebookExpError):
+    """A scheduled run failed; ``error`` holds its reason or traceback."""
+
+    def __init__(self, run_id: str, error: str) -> None:
+        self.run_id = run_id
+        self.error = error
+        last = error.strip().splitlines()[-1] if error.strip() else "no reason recorded"
+        super().__init__(f"run {run_id} failed: {last}")
 
 
 class GpuUnavailable(NotebookExpError):

@@ -256,22 +256,34 @@ def _process_alive(pid: int, started: float | None) -> bool:
         return True
 
 
+LOST_QUEUED = "lost: queued by process {pid}, which exited before the run started; nx.resubmit() queues it again"
+
+
 def _recover_lost_runs(conn) -> None:
-    """Mark ``running`` runs of this host whose process is gone as ``failed``."""
+    """Runs of this host whose process is gone: ``running`` ones become
+    ``failed`` (lost), ``queued`` ones ``cancelled`` (their scheduler died)."""
     rows = conn.execute(
-        "SELECT run_id, pid, pid_started FROM runs WHERE status = 'running' AND host = ?", [HOST]
+        "SELECT run_id, status, pid, pid_started FROM runs WHERE status IN ('running', 'queued') AND host = ?",
+        [HOST],
     ).fetchall()
-    for run_id, pid, started in rows:
-        if pid is None or _process_alive(pid, started):
+    alive: dict[tuple, bool] = {}
+    for run_id, status, pid, started in rows:
+        if pid is None:
             continue
-        reason = f"lost: process {pid} on {HOST} exited without ending the run"
+        if (pid, started) not in alive:
+            alive[(pid, started)] = _process_alive(pid, started)
+        if alive[(pid, started)]:
+            continue
+        if status == "running":
+            new_status, reason = "failed", f"lost: process {pid} on {HOST} exited without ending the run"
+        else:
+            new_status, reason = "cancelled", LOST_QUEUED.format(pid=pid)
         conn.execute(
-            "UPDATE runs SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ?",
-            [reason, utcnow(), run_id],
+            "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE run_id = ?",
+            [new_status, reason, utcnow(), run_id],
         )
         conn.execute(
-            "INSERT INTO events VALUES (?, ?, 'lost', ?, ?, ?)",
-            [run_id, utcnow(), reason, HOST, os.getpid()],
+            "INSERT INTO events VALUES (?, ?, 'lost', ?, ?, ?)", [run_id, utcnow(), reason, HOST, os.getpid()]
         )
 
 

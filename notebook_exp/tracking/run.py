@@ -252,8 +252,14 @@ class Run:
         """Make the run's next ``log`` raise ``exc`` (cancellation, timeout)."""
         self._interrupt = exc
 
-    def end(self, status: RunStatus | str = RunStatus.COMPLETED, error: str | None = None) -> None:
-        """Flush, end every sink, and record the final status (idempotent)."""
+    def end(
+        self, status: RunStatus | str = RunStatus.COMPLETED, error: str | None = None, *, requeue: bool = False
+    ) -> None:
+        """Flush, end every sink, and record the final status (idempotent).
+
+        ``requeue`` (the scheduler's, for retries) records the run as ``queued``
+        again with a ``retry`` event instead of a final status.
+        """
         status = RunStatus(status)
         with self._end_lock:
             if self.status.terminal:
@@ -265,12 +271,12 @@ class Run:
             self._flush(force=True)
         finally:
             self.dropped = self._dispatcher.finish(status, error, timeout=END_TIMEOUT)
-            self._record_end(status, error)
+            self._record_end(status, error, requeue)
             _live.pop(self.run_id, None)
             if _current.get() is self:
                 _current.set(None)
 
-    def _record_end(self, status: RunStatus, error: str | None) -> None:
+    def _record_end(self, status: RunStatus, error: str | None, requeue: bool = False) -> None:
         from ..store import utcnow
 
         dropped = sum(self.dropped.values())
@@ -283,13 +289,14 @@ class Run:
             )
         writer = self._store.writer
         now = utcnow()
+        recorded, event = ("queued", "retry") if requeue else (status.value, status.value)
         writer.submit(
-            "UPDATE runs SET status = ?, ended_at = ?, error = ?, dropped = ? WHERE run_id = ?",
-            [status.value, now, error, dropped, self.run_id],
+            "UPDATE runs SET status = ?, ended_at = ?, error = ?, dropped = dropped + ? WHERE run_id = ?",
+            [recorded, None if requeue else now, error, dropped, self.run_id],
         )
         seq = writer.submit(
             "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-            [self.run_id, now, status.value, (error or "")[:2000] or None, _host(), os.getpid()],
+            [self.run_id, now, event, (error or "")[:4000] or None, _host(), os.getpid()],
         )
         writer.wait(seq)
 

@@ -1,0 +1,127 @@
+"""The scheduler's front door: ``submit``, ``sweep``, ``wait``, ``gpus``, ``resubmit``."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..exceptions import ConfigError
+from ..models import RunStatus
+from .core import get_scheduler
+from .job import Job
+from .spec import validate
+
+__all__ = ["gpus", "resubmit", "submit", "sweep", "wait"]
+
+
+def submit(
+    fn: Callable[..., Any],
+    params: dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    experiment: str | None = None,
+    gpus: float = 0,
+    gpu_memory: int | str | None = None,
+    priority: int = 5,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    timeout: float | None = None,
+    executor: str = "thread",
+    tags: list[str] | None = None,
+    after: Any = None,
+    wait_for_gpus: bool = False,
+    sinks: list | None = None,
+    source: str | None = None,
+) -> Job:
+    """Queue ``fn(run, **params)`` to run in the background; returns its ``Job`` at once.
+
+    ``gpus`` leases that many GPUs (0.5 or 0.25 share one) machine-wide;
+    ``gpu_memory`` (bytes or "8GB") admits only GPUs with that much free.
+    ``priority`` 0-10 (higher first, FIFO within a level). ``retries`` reruns a
+    failing function with exponential backoff from ``retry_backoff`` seconds.
+    ``timeout`` stops an attempt after that many seconds. ``executor`` is
+    "thread" (in this process) or "process" (a fresh interpreter). ``after``
+    names runs (ids or jobs) that must complete first. Bad arguments raise
+    ``ConfigError`` and nothing is queued; asking for more GPUs than the
+    machine has raises ``GpuUnavailable`` unless ``wait_for_gpus``.
+    """
+    spec = validate(
+        fn=fn, params=params or {}, name=name, experiment=experiment, gpus=gpus, gpu_memory=gpu_memory,
+        priority=priority, retries=retries, retry_backoff=retry_backoff, timeout=timeout, executor=executor,
+        tags=tags or [], after=after, wait_for_gpus=wait_for_gpus, sinks=sinks, source=source,
+    )
+    return get_scheduler().submit(spec)
+
+
+def _combinations(grid: dict[str, Iterable] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(grid, dict):
+        keys = list(grid)
+        values = [list(v) if not isinstance(v, (str, bytes)) else [v] for v in grid.values()]
+        if any(not v for v in values):
+            raise ConfigError("every grid entry needs at least one value")
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    combos = list(grid)
+    if not all(isinstance(c, dict) for c in combos):
+        raise ConfigError("a sweep takes a dict of value lists or a list of param dicts")
+    return combos
+
+
+def sweep(fn: Callable[..., Any], grid: dict[str, Iterable] | list[dict[str, Any]],
+          params: dict[str, Any] | None = None, **options: Any) -> list[Job]:
+    """Submit one run per combination of ``grid`` (merged over ``params``); returns the jobs.
+
+    Every combination is validated before any is queued.
+    """
+    from .spec import check_signature
+
+    combos = [{**(params or {}), **combo} for combo in _combinations(grid)]
+    for combo in combos:
+        check_signature(fn, combo)
+    base = options.pop("name", None)
+    jobs = []
+    for combo in combos:
+        label = " ".join(f"{k}={v}" for k, v in combo.items() if k not in (params or {}))
+        jobs.append(submit(fn, combo, name=f"{base} {label}" if base else (label or None), **options))
+    return jobs
+
+
+def wait(jobs: Job | Iterable[Job], timeout: float | None = None) -> list[RunStatus]:
+    """Wait for every job; returns their statuses (``TimeoutError`` past ``timeout``)."""
+    jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for job in jobs:
+        job.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return [job.status for job in jobs]
+
+
+def gpus():
+    """Every GPU this process may lease: name, memory, utilisation, temperature, holder."""
+    return get_scheduler().leases.snapshot()
+
+
+def resubmit(run_ids: str | list[str] | None = None) -> list[Job]:
+    """Queue again runs a dead process left queued (or the given run ids) from their saved
+    functions; returns the new jobs."""
+    import cloudpickle
+
+    from ..store.core import LOST_QUEUED
+
+    scheduler = get_scheduler()
+    if run_ids is None:
+        prefix = LOST_QUEUED.split("{pid}")[0]
+        query = "SELECT p.run_id, p.payload FROM payloads p JOIN runs r USING (run_id) WHERE r.error LIKE ? || '%'"
+        args: list = [prefix]
+    else:
+        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+        query, args = "SELECT run_id, payload FROM payloads WHERE run_id IN (SELECT unnest(?))", [ids]
+    table = scheduler.store.query_arrow(query, args)
+    jobs = []
+    for run_id, data in zip(table.column("run_id").to_pylist(), table.column("payload").to_pylist()):
+        saved = cloudpickle.loads(data)
+        spec = {k: v for k, v in saved["spec"].items() if k != "after"}
+        job = submit(saved["fn"], **spec)
+        scheduler.event(job, "resubmitted", f"from {run_id}")
+        jobs.append(job)
+    return jobs

@@ -1,0 +1,49 @@
+"""The ``Executor`` contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...exceptions import RunCancelled, RunTimedOut
+
+
+class Executor:
+    """Runs one attempt of a job at a time per call, without blocking the scheduler.
+
+    ``start(job, lease)`` returns at once; the executor calls
+    ``scheduler.running(job)`` when the run's code starts and, exactly once,
+    ``scheduler.attempt_ended(job, status, error, result, run=..., recorded=...)``
+    when the attempt is over. ``stop(job, reason)`` ("cancel" or "timeout")
+    asks a running attempt to stop and makes sure it does. ``close()`` releases
+    the executor's resources when the scheduler stops.
+    """
+
+    name = ""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def start(self, job, lease: Any) -> None:
+        raise NotImplementedError
+
+    def stop(self, job, reason: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+
+def stop_exception(job, reason: str) -> BaseException:
+    """The exception a stopped run sees."""
+    if reason == "timeout":
+        return RunTimedOut(f"the run passed its {job.spec.timeout:g} s timeout")
+    return RunCancelled("cancelled by user")
+
+
+def stopped_outcome(job, reason: str):
+    """Status and reason recorded for a run stopped for ``reason``."""
+    from ...models import RunStatus
+
+    if reason == "timeout":
+        return RunStatus.FAILED, f"timeout: the run passed its {job.spec.timeout:g} s limit"
+    return RunStatus.CANCELLED, "cancelled by user"

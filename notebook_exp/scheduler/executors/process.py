@@ -1,0 +1,154 @@
+"""The process executor: each attempt runs in a fresh Python interpreter.
+
+The function and the notebook globals it references are shipped with
+cloudpickle; ``CUDA_VISIBLE_DEVICES`` is set to the leased GPUs (empty for
+CPU-only runs), so the run's code uses ``run.device`` (``"cuda:0"``). The child
+logs straight into the store with short-lock writes, so its run survives the
+kernel dying; it inherits the lease's lock files, so the GPUs stay leased for as
+long as it lives. Its stdout and stderr are captured into the run. Cancel and
+timeout send SIGTERM (the run sees ``RunCancelled``), then SIGKILL after
+``cancel_grace`` seconds: code stuck in a C call is killed too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from ...exceptions import ConfigError
+from ...models import RunStatus
+from .base import Executor, stopped_outcome
+
+_IMPORTANT = ("fn", "params")
+
+
+def check_picklable(fn) -> bytes:
+    """cloudpickle ``fn`` or raise ``ConfigError`` naming the global it can't ship."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(fn)
+    except Exception as exc:  # noqa: BLE001 - find the culprit for a clear message
+        code = getattr(fn, "__code__", None)
+        namespace = getattr(fn, "__globals__", {})
+        for name in code.co_names if code else ():
+            if name in namespace:
+                try:
+                    cloudpickle.dumps(namespace[name])
+                except Exception as inner:  # noqa: BLE001
+                    raise ConfigError(
+                        f"the process executor cannot ship global {name!r} used by "
+                        f"{getattr(fn, '__qualname__', fn)}: {type(inner).__name__}: {inner}"
+                    ) from None
+        raise ConfigError(f"the process executor cannot ship {getattr(fn, '__qualname__', fn)}: {exc}") from None
+
+
+def _lease_fds(lease) -> list[int]:
+    """File descriptors of the lease's lock files (inherited by the child)."""
+    if lease is None:
+        return []
+    return [lock._context.lock_file_fd for locks in lease._locks.values() for lock in locks]
+
+
+class ProcessExecutor(Executor):
+    """Runs each attempt in ``python -m notebook_exp.scheduler._child``."""
+
+    name = "process"
+
+    def __init__(self, scheduler) -> None:
+        super().__init__(scheduler)
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, job, lease) -> None:
+        import cloudpickle
+
+        spec, scheduler = job.spec, self.scheduler
+        folder = Path(tempfile.mkdtemp(prefix="notebook_exp-run-"))
+        payload = folder / "payload.pkl"
+        payload.write_bytes(cloudpickle.dumps({
+            "fn": spec.fn, "params": spec.params, "name": job.name, "experiment": job.experiment,
+            "tags": spec.tags, "sinks": spec.sinks, "run_id": job.run_id, "gpus": list(job.gpus),
+            "store": str(scheduler.store.path),
+        }))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTEBOOK_EXP_STORE": str(scheduler.store.path)}
+        env["CUDA_VISIBLE_DEVICES"] = scheduler.inventory.visible_devices_value(job.gpus) if job.gpus else ""
+        status_read, status_write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "notebook_exp.scheduler._child", str(payload), str(status_write)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                pass_fds=[status_write, *_lease_fds(lease)], start_new_session=True,
+            )
+        finally:
+            os.close(status_write)
+        self._procs[job.run_id] = proc
+        threading.Thread(target=self._monitor, args=(job, proc, folder, status_read),
+                         name=f"notebook_exp-proc[{job.run_id[:8]}]", daemon=True).start()
+
+    def _monitor(self, job, proc: subprocess.Popen, folder: Path, status_fd: int) -> None:
+        readers = [threading.Thread(target=_pump, args=(stream, job), daemon=True) for stream in (proc.stdout, proc.stderr)]
+        for reader in readers:
+            reader.start()
+        with os.fdopen(status_fd, "rb") as status:
+            for line in status:
+                if line.strip() == b"running":
+                    self.scheduler.running(job)
+        proc.wait()
+        for reader in readers:
+            reader.join()
+        self._procs.pop(job.run_id, None)
+        status, error, result, recorded = self._outcome(job, proc.returncode, folder / "payload.pkl.result")
+        shutil.rmtree(folder, ignore_errors=True)
+        self.scheduler.save_output(job)
+        self.scheduler.attempt_ended(job, status, error, result, recorded=recorded)
+
+    def _outcome(self, job, code: int, result_file: Path):
+        import cloudpickle
+
+        if job.stop_reason:
+            status, error = stopped_outcome(job, job.stop_reason)
+            return status, error, None, False
+        if result_file.exists():
+            try:
+                data = cloudpickle.loads(result_file.read_bytes())
+                return RunStatus(data["status"]), data.get("error"), data.get("result"), True
+            except Exception as exc:  # noqa: BLE001
+                return RunStatus.FAILED, f"the run's result could not be read: {exc!r}", None, False
+        how = f"signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
+        return RunStatus.FAILED, f"lost: the run's process ended with {how} before recording an outcome", None, False
+
+    def stop(self, job, reason: str) -> None:
+        if job.stop_reason:
+            return
+        job.stop_reason = reason
+        proc = self._procs.get(job.run_id)
+        if proc is None:
+            return
+        _signal(proc, signal.SIGTERM)
+        timer = threading.Timer(self.scheduler.settings.cancel_grace, _signal, args=(proc, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
+    def close(self) -> None:
+        for proc in list(self._procs.values()):
+            _signal(proc, signal.SIGKILL)
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _pump(stream, job) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        job._write(chunk.decode("utf-8", "replace"))
+    stream.close()

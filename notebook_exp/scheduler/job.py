@@ -1,0 +1,131 @@
+"""``Job``: the notebook's handle on a submitted run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..exceptions import RunCancelled, RunFailed
+from ..models import RunStatus
+from .spec import ExperimentSpec
+
+__all__ = ["Job"]
+
+MAX_OUTPUT = 1_000_000  # characters of captured output kept per run (the tail)
+
+
+class Job:
+    """A submitted run. ``status`` moves queued → running → completed | failed | cancelled.
+
+    ``wait()`` blocks until the run ends and returns its status; ``result()``
+    returns what the function returned (or raises ``RunFailed`` /
+    ``RunCancelled``); ``cancel()`` stops it; ``queue_position`` is 0 for the
+    next run to start, ``None`` once it left the queue.
+    """
+
+    def __init__(self, spec: ExperimentSpec, run_id: str, scheduler, seq: int) -> None:
+        self.spec = spec
+        self.run_id = run_id
+        self.seq = seq
+        self._scheduler = scheduler
+        self.status = RunStatus.QUEUED
+        self.attempts = 0
+        self.error: str | None = None
+        self.gpus: list[int] = []
+        self.submitted_at = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.not_before = 0.0  # monotonic time before which a retry may not start
+        self.deadline: float | None = None  # monotonic timeout of the current attempt
+        self.run = None  # the Run of the current attempt (thread executor)
+        self.stop_reason: str | None = None  # "cancel" or "timeout" once asked to stop
+        self._result: Any = None
+        self._done = threading.Event()
+        self._output: list[str] = []
+        self._output_len = 0
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[Job, str, Any], None]] = []
+
+    # -- what users read ------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name or f"{self.spec.experiment or 'default'}-{self.run_id[:6]}"
+
+    @property
+    def experiment(self) -> str:
+        return self.spec.experiment or "default"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.spec.params)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def queue_position(self) -> int | None:
+        return self._scheduler.position(self)
+
+    @property
+    def output(self) -> str:
+        """Everything the run printed so far (stdout and stderr, the last 1 MB)."""
+        with self._lock:
+            return "".join(self._output)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name!r} ({self.run_id}) {self.status.value}>"
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        """Block until the run ends; returns its final status (``TimeoutError`` if it doesn't in time)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.name} ({self.run_id}) is still {self.status.value} after {timeout} s")
+        return self.status
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The function's return value; raises ``RunFailed`` or ``RunCancelled`` otherwise."""
+        status = self.wait(timeout)
+        if status == RunStatus.COMPLETED:
+            return self._result
+        if status == RunStatus.CANCELLED:
+            raise RunCancelled(f"run {self.name} ({self.run_id}) was cancelled: {self.error or ''}".strip())
+        raise RunFailed(self.run_id, self.error or "")
+
+    def cancel(self) -> bool:
+        """Stop the run (queued: at once; running: see the executor). False if it already ended."""
+        return self._scheduler.cancel(self)
+
+    # -- events for widgets -------------------------------------------------
+    def subscribe(self, listener: Callable[[Job, str, Any], None]) -> None:
+        """Call ``listener(job, event, data)`` on ``status`` and ``output`` events (from any thread)."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, data: Any = None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(self, event, data)
+            except Exception:  # noqa: BLE001 - a broken widget must not break the run
+                pass
+
+    def _write(self, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            self._output.append(text)
+            self._output_len += len(text)
+            if self._output_len > 2 * MAX_OUTPUT:
+                joined = "".join(self._output)[-MAX_OUTPUT:]
+                self._output, self._output_len = [joined], len(joined)
+        self._emit("output", text)
+
+    def _set_status(self, status: RunStatus, error: str | None = None) -> None:
+        self.status = status
+        if error is not None:
+            self.error = error
+        if status.terminal:
+            self.ended_at = time.time()
+        self._emit("status", status)
+        if status.terminal:
+            self._done.set()
