@@ -35,6 +35,7 @@ _EXPORTS = {
     "StoreError": "notebook_exp.exceptions",
     "StoreLocked": "notebook_exp.exceptions",
     "current_run": "notebook_exp.tracking.run",
+    "dead_letters": "notebook_exp.scheduler.api",
     "get_settings": "notebook_exp.config",
     "gpus": "notebook_exp.scheduler.api",
     "resubmit": "notebook_exp.scheduler.api",
@@ -80,7 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         StoreLocked,
     )
     from .models import RunStatus
-    from .scheduler.api import gpus, resubmit, submit, sweep, wait
+    from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
     from .scheduler.job import Job
     from .scheduler.spec import ExperimentSpec
     from .store.queries import metrics, runs, sql

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from notebook_exp.config import reset_settings
+from notebook_exp.scheduler.core import stop_scheduler
 from notebook_exp.testing import shutdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,7 @@ def store_path(tmp_path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_EXP_LOCK_DIR", str(tmp_path / "locks"))
     reset_settings()
     yield path
+    stop_scheduler(timeout=30)
     shutdown()
     reset_settings()
 

@@ -13,7 +13,7 @@ from .core import get_scheduler
 from .job import Job
 from .spec import validate
 
-__all__ = ["gpus", "resubmit", "submit", "sweep", "wait"]
+__all__ = ["dead_letters", "gpus", "resubmit", "submit", "sweep", "wait"]
 
 
 def submit(
@@ -123,5 +123,41 @@ def resubmit(run_ids: str | list[str] | None = None) -> list[Job]:
         spec = {k: v for k, v in saved["spec"].items() if k != "after"}
         job = submit(saved["fn"], **spec)
         scheduler.event(job, "resubmitted", f"from {run_id}")
+        _mark_resubmitted(scheduler, run_id, job.run_id)
         jobs.append(job)
     return jobs
+
+
+def _mark_resubmitted(scheduler, old: str, new: str) -> None:
+    """The old run's saved function now belongs to the new run; its trail says where it went."""
+    import os
+
+    from ..store import utcnow
+    from ..store.core import HOST
+
+    writer = scheduler.store.writer
+    writer.submit("DELETE FROM payloads WHERE run_id = ?", [old])
+    writer.wait(writer.submit(
+        "INSERT INTO events VALUES (?, ?, 'resubmitted', ?, ?, ?)", [old, utcnow(), f"as {new}", HOST, os.getpid()]
+    ))
+
+
+def dead_letters(experiment: str | None = None):
+    """Runs that failed after their last attempt (pandas): run_id, name, experiment,
+    attempts, ended_at, error. Runs that never started are not in it."""
+    from ..store.queries import _store
+
+    query = """SELECT run_id, name, experiment, attempts, ended_at, error FROM runs
+               WHERE status = 'failed' AND attempts > 0"""
+    args: list = []
+    if experiment is not None:
+        query += " AND experiment = ?"
+        args.append(experiment)
+    target = _store(None)
+    if not target.path.exists():
+        import pandas as pd
+
+        return pd.DataFrame(
+            columns=["run_id", "name", "experiment", "attempts", "ended_at", "error"]
+        )
+    return target.query(query + " ORDER BY ended_at DESC", args)

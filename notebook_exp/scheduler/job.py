@@ -120,12 +120,20 @@ class Job:
                 self._output, self._output_len = [joined], len(joined)
         self._emit("output", text)
 
-    def _set_status(self, status: RunStatus, error: str | None = None) -> None:
+    def _set_status(self, status: RunStatus, error: str | None = None, done: bool = True) -> None:
+        """Move to ``status``. A terminal status also ends the job unless ``done`` is
+        False, in which case ``_finalize()`` ends it (once the store has it)."""
         self.status = status
         if error is not None:
             self.error = error
         if status.terminal:
             self.ended_at = time.time()
+            if done:
+                self._finalize()
+                return
         self._emit("status", status)
-        if status.terminal:
-            self._done.set()
+
+    def _finalize(self) -> None:
+        """The final status is stored: wake ``wait()`` and tell listeners."""
+        self._done.set()
+        self._emit("status", self.status)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import os
 import tempfile
 import threading
@@ -58,7 +59,7 @@ def slots_for(gpus: float) -> tuple[int, int]:
     Raises ConfigError unless ``gpus`` is 0, a whole number, or a multiple of
     ``1/SLOTS_PER_GPU`` below 1.
     """
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not math.isfinite(gpus):
+    if isinstance(gpus, bool) or not isinstance(gpus, numbers.Real) or not math.isfinite(gpus):
         raise ConfigError(f"gpus must be a finite number, not {gpus!r}")
     if gpus < 0:
         raise ConfigError(f"gpus must be >= 0, not {gpus}")
@@ -75,8 +76,9 @@ def slots_for(gpus: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class LeaseHolder:
-    """Who holds slots of one GPU: ``run_id``/``pid`` are ``None`` when the lock is held
-    but its sidecar is missing or stale (a holder that has not written it yet)."""
+    """Who holds ``slots`` slots of one GPU. ``run_id`` and ``pid`` are ``None`` when the
+    lock is held but its sidecar names a dead process (the new holder is about to
+    write its own)."""
 
     run_id: str | None
     pid: int | None
@@ -117,6 +119,16 @@ class Lease:
                 return
             self._released = True
             _release_locks([lock for locks in self._locks.values() for lock in locks])
+
+    def lock_fds(self) -> list[int]:
+        """Descriptors of the held lock files (empty once released). A child started
+        with ``pass_fds=lease.lock_fds()`` shares the locks: they stay held while
+        either process keeps them open, and :meth:`release` frees them for both."""
+        with self._mutex:
+            if self._released:
+                return []
+            fds = (lock._context.lock_file_fd for held in self._locks.values() for lock in held)
+            return [fd for fd in fds if fd is not None]
 
     def __enter__(self) -> Lease:
         return self
@@ -355,9 +367,8 @@ class LeaseManager:
         probe = self._try_lock(index, slot)
         if probe is None:
             return _read_sidecar(sidecar)
-        _release_locks(
-            [probe]
-        )  # free: the sidecar was stale, and removing it is safe under the lock
+        # Free: the sidecar was stale. Removing it is safe while we hold the lock.
+        _release_locks([probe])
         return None
 
     def snapshot(self) -> list[GpuInfo]:

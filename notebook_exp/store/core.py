@@ -197,6 +197,10 @@ class Store:
         with self._lock:
             self._detach()
 
+    def recover(self) -> int:
+        """Queue a check for runs of dead processes (see ``_recover_lost_runs``); returns its write's sequence."""
+        return self.writer.submit_call(_recover_lost_runs)
+
     def ensure(self) -> None:
         """Create the file and schema now; raises ``StoreError`` naming the path."""
         with self.session(write=True, timeout=self.lock_timeout):
@@ -293,6 +297,9 @@ _stores_lock = threading.Lock()
 
 def get_store(path: str | os.PathLike, lock_timeout: float | None = None) -> Store:
     """The process-wide ``Store`` for a path (one connection per file)."""
+    from .. import _exit
+
+    _exit.install()
     key = Path(path).expanduser().absolute()
     with _stores_lock:
         store = _stores.get(key)

@@ -43,6 +43,7 @@ class StoreWriter:
         self._submitted = 0
         self._committed = 0
         self._failed: dict[int, BaseException] = {}
+        self._callbacks: dict[int, object] = {}
         self._stopping = False
         self.stopped = False
         self.commit_seconds: deque[float] = deque(maxlen=10_000)
@@ -52,20 +53,27 @@ class StoreWriter:
         self._thread.start()
 
     # -- submitting ---------------------------------------------------------
-    def submit(self, sql: str, params=None) -> int:
-        """Queue one statement; returns its sequence number."""
-        return self._put(("sql", sql, params))
+    def submit(self, sql: str, params=None, on_commit=None) -> int:
+        """Queue one statement; returns its sequence number. ``on_commit()`` is called
+        (from the writer thread) once it is committed, or given up."""
+        return self._put(("sql", sql, params), on_commit)
+
+    def submit_call(self, fn) -> int:
+        """Queue ``fn(conn)``, run inside the next transaction (read-then-write work)."""
+        return self._put(("call", fn, None))
 
     def submit_metrics(self, batch: MetricBatch) -> int:
         """Queue a metric batch; it is inserted sorted by run, key, step."""
         return self._put(("metrics", batch, None))
 
-    def _put(self, op) -> int:
+    def _put(self, op, on_commit=None) -> int:
         with self._cond:
             if self._stopping:
                 raise StoreError(f"the writer of {self.store.path} is stopped")
             self._submitted += 1
             self._queue.append((self._submitted, op))
+            if on_commit is not None:
+                self._callbacks[self._submitted] = on_commit
             self._cond.notify_all()
             return self._submitted
 
@@ -184,7 +192,13 @@ class StoreWriter:
     def _done(self, ops: list) -> None:
         with self._cond:
             self._committed = max(self._committed, ops[-1][0])
+            callbacks = [self._callbacks.pop(seq) for seq, _op in ops if seq in self._callbacks]
             self._cond.notify_all()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a callback must not stop the writer
+                log.exception("a commit callback failed")
 
 
 def _run_transaction(conn, ops: list) -> None:
@@ -195,6 +209,8 @@ def _run_transaction(conn, ops: list) -> None:
             if kind == "metrics":
                 if len(payload):
                     batches.append(payload)
+            elif kind == "call":
+                payload(conn)
             elif params is None:
                 conn.execute(payload)
             else:

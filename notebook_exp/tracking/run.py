@@ -7,7 +7,6 @@ hands the buffer to the sinks (see ``tracking.flusher``, ``sinks.dispatch``).
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import json
 import logging
@@ -23,6 +22,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from .. import _exit
 from ..config import Settings, get_settings
 from ..exceptions import RunCancelled, RunInterrupted, RunTimedOut
 from ..models import MetricBatch, RunInfo, RunStatus
@@ -371,7 +371,7 @@ def start_run(
         store_obj.ensure()
     sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     run = Run(info, settings, sink_objs, store_obj)
-    _install_exit_hooks()
+    _exit.install()
     writer = store_obj.writer
     writer.submit(
         """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, started_at,
@@ -398,8 +398,6 @@ def start_run(
 
 
 _live: dict[str, Run] = {}
-_hooks_installed = False
-_uncaught: list[BaseException] = []
 
 
 def _pid_started() -> float:
@@ -408,35 +406,23 @@ def _pid_started() -> float:
     return psutil.Process().create_time()
 
 
-def _install_exit_hooks() -> None:
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    previous = sys.excepthook
-
-    def excepthook(exc_type, exc, tb):
-        _uncaught.append(exc)
-        previous(exc_type, exc, tb)
-
-    sys.excepthook = excepthook
-    atexit.register(shutdown)
-
-
 def live_runs() -> list[Run]:
     """Runs of this process that have not ended."""
     return list(_live.values())
 
 
 def shutdown() -> None:
-    """End every live run (``failed`` if an uncaught exception is ending the
-    interpreter, else ``completed``), stop the flusher and close the stores.
-    Runs at interpreter exit; idempotent."""
+    """Stop the scheduler (if one runs), end every live run (``failed`` if an
+    uncaught exception is ending the interpreter, else ``completed``), stop the
+    flusher and close the stores. Runs at interpreter exit; idempotent."""
     from ..store import close_all
 
+    scheduler = sys.modules.get("notebook_exp.scheduler.core")
+    if scheduler is not None:
+        scheduler.stop_scheduler()
     for run in list(_live.values()):
-        if _uncaught:
-            run.end(*outcome(_uncaught[-1]))
+        if _exit.uncaught:
+            run.end(*outcome(_exit.uncaught[-1]))
         else:
             run.end(RunStatus.COMPLETED)
     flusher.stop()

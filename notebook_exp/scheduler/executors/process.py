@@ -49,13 +49,6 @@ def check_picklable(fn) -> bytes:
         raise ConfigError(f"the process executor cannot ship {getattr(fn, '__qualname__', fn)}: {exc}") from None
 
 
-def _lease_fds(lease) -> list[int]:
-    """File descriptors of the lease's lock files (inherited by the child)."""
-    if lease is None:
-        return []
-    return [lock._context.lock_file_fd for locks in lease._locks.values() for lock in locks]
-
-
 class ProcessExecutor(Executor):
     """Runs each attempt in ``python -m notebook_exp.scheduler._child``."""
 
@@ -83,7 +76,7 @@ class ProcessExecutor(Executor):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "notebook_exp.scheduler._child", str(payload), str(status_write)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                pass_fds=[status_write, *_lease_fds(lease)], start_new_session=True,
+                pass_fds=[status_write, *(lease.lock_fds() if lease is not None else ())], start_new_session=True,
             )
         finally:
             os.close(status_write)
