@@ -25,7 +25,8 @@ def main(argv: list[str]) -> int:
     code, out = 0, {}
     try:
         run = start_run(job["name"], job["experiment"], job["params"], job["tags"], job["sinks"],
-                        run_id=job["run_id"], store=job["store"])
+                        run_id=job["run_id"], store=job["store"],
+                        columns={"attempts": job["attempts"], "gpus": job["gpus"]})
         run.gpus = job["gpus"]
         run.device = "cuda:0" if job["gpus"] else "cpu"
         os.write(status_fd, b"running\n")

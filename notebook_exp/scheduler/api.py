@@ -130,16 +130,9 @@ def resubmit(run_ids: str | list[str] | None = None) -> list[Job]:
 
 def _mark_resubmitted(scheduler, old: str, new: str) -> None:
     """The old run's saved function now belongs to the new run; its trail says where it went."""
-    import os
-
-    from ..store import utcnow
-    from ..store.core import HOST
-
     writer = scheduler.store.writer
     writer.submit("DELETE FROM payloads WHERE run_id = ?", [old])
-    writer.wait(writer.submit(
-        "INSERT INTO events VALUES (?, ?, 'resubmitted', ?, ?, ?)", [old, utcnow(), f"as {new}", HOST, os.getpid()]
-    ))
+    writer.wait(writer.event(old, "resubmitted", f"as {new}"))
 
 
 def dead_letters(experiment: str | None = None):

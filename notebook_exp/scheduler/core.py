@@ -164,13 +164,7 @@ class Scheduler:
 
     def event(self, job: Job, event: str, detail: str | None = None) -> None:
         """Append to the run's audit trail (``events``)."""
-        from ..store import utcnow
-        from ..store.core import HOST
-
-        self.store.writer.submit(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-            [job.run_id, utcnow(), event, detail, HOST, os.getpid()],
-        )
+        self.store.writer.event(job.run_id, event, detail)
 
     # -- queries ------------------------------------------------------------
     def jobs(self) -> list[Job]:
@@ -277,9 +271,6 @@ class Scheduler:
         self._running[job.run_id] = job
         if lease is not None:
             self._held[job.run_id] = lease
-        self.store.writer.submit(
-            "UPDATE runs SET attempts = ?, gpus = ? WHERE run_id = ?", [job.attempts, job.gpus, job.run_id]
-        )
         try:
             self.executor(job.spec.executor).start(job, lease)
         except Exception as exc:  # noqa: BLE001 - a run that cannot start fails, the queue goes on
@@ -308,47 +299,54 @@ class Scheduler:
     ) -> None:
         """Called by executors (from their thread) when an attempt ends. ``run`` is
         the attempt's Run when it lives in this process; ``recorded`` says the
-        run's own process already stored this outcome."""
+        run's own process already stored this outcome.
+
+        The concurrency slot is free at once; the job's new status, its lease and
+        (for a retry) its place back in the queue follow once the store has the
+        outcome, so the GPU changes hands only after the run's end is recorded.
+        """
         retry = (
             status == RunStatus.FAILED
             and job.stop_reason is None
             and job.attempts <= job.spec.retries
             and not self._stopping
         )
-        if run is not None:
-            run.end(status, error, requeue=retry)
-        elif retry:
-            self._requeue_record(job, error)
-        elif not recorded:
-            self.store.writer.wait(self.record_final(job, status, error))
-        if retry:
-            self._clear_attempt_data(job)
-        lease = self._held.pop(job.run_id, None)
-        if lease is not None:
-            lease.release()  # only now: the run's end is recorded before anyone else gets the GPU
         with self._cond:
             self._running.pop(job.run_id, None)
-            if retry:
-                delay = job.spec.retry_backoff * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
-                job.not_before = time.monotonic() + delay
-                job._set_status(RunStatus.QUEUED, error)
-                heapq.heappush(self._heap, (-job.spec.priority, job.seq, job))
-            else:
-                job._result = result
-                job._set_status(status, error)
             self._cond.notify_all()
 
-    def _requeue_record(self, job: Job, error: str | None) -> None:
-        from ..store import utcnow
-        from ..store.core import HOST
+        def on_recorded() -> None:
+            lease = self._held.pop(job.run_id, None)
+            if lease is not None:
+                lease.release()
+            with self._cond:
+                if retry:
+                    delay = job.spec.retry_backoff * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
+                    job.not_before = time.monotonic() + delay
+                    job._set_status(RunStatus.QUEUED, error)
+                    heapq.heappush(self._heap, (-job.spec.priority, job.seq, job))
+                else:
+                    job._result = result
+                    job._set_status(status, error)
+                self._cond.notify_all()
+
+        if run is not None:
+            run.end(status, error, requeue=retry, on_recorded=on_recorded)
+        elif retry:
+            self._requeue_record(job, error, on_commit=on_recorded)
+        elif not recorded:
+            self.record_final(job, status, error, on_commit=on_recorded)
+        else:
+            on_recorded()
+        if retry:
+            self._clear_attempt_data(job)
+
+    def _requeue_record(self, job: Job, error: str | None, on_commit=None) -> None:
 
         self.store.writer.submit(
             "UPDATE runs SET status = 'queued', ended_at = NULL, error = ? WHERE run_id = ?", [error, job.run_id]
         )
-        self.store.writer.submit(
-            "INSERT INTO events VALUES (?, ?, 'retry', ?, ?, ?)",
-            [job.run_id, utcnow(), (error or "")[:4000], HOST, os.getpid()],
-        )
+        self.store.writer.event(job.run_id, "retry", error, on_commit=on_commit)
 
     def _clear_attempt_data(self, job: Job) -> None:
         """A retried run's data is its last attempt's: drop what the failed one logged
@@ -366,18 +364,13 @@ class Scheduler:
     def record_final(self, job: Job, status: RunStatus, error: str | None, on_commit=None) -> int:
         """Write a final status the run's own process could not write (killed, lost)."""
         from ..store import utcnow
-        from ..store.core import HOST
 
         writer = self.store.writer
         writer.submit(
             "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE run_id = ?",
             [status.value, error, utcnow(), job.run_id],
         )
-        return writer.submit(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-            [job.run_id, utcnow(), status.value, error, HOST, os.getpid()],
-            on_commit=on_commit,
-        )
+        return writer.event(job.run_id, status.value, error, on_commit=on_commit)
 
     # -- cancelling and stopping ----------------------------------------------
     def cancel(self, job: Job, reason: str = "cancelled by user") -> bool:

@@ -14,7 +14,9 @@ A sink receives what one run logs. notebook_exp makes one sink instance per run
 
 Everything after ``start_run`` runs on one worker thread per sink and run, so a
 sink needs no locking of its own and a slow sink never blocks ``run.log`` nor
-other sinks. A call that raises is retried with backoff (``sink_retries``
+other sinks. A sink whose methods never block (they only hand work to a queue
+of their own, like the DuckDB sink) may set ``threaded = False``: it is then
+called inline, in order, from the threads that log, flush and end the run. A call that raises is retried with backoff (``sink_retries``
 times); if it still fails the sink is disabled for the rest of the run with one
 warning, and the other sinks lose nothing. Errors from ``end_run``/``close`` are
 logged and never replace the run's own outcome.
@@ -40,6 +42,8 @@ class Sink:
     name: ClassVar[str] = ""
     #: Points this sink may have queued before batches are dropped (None: never drop).
     max_pending_rows: ClassVar[int | None] = 1_000_000
+    #: False: called inline (the sink's methods must never block); True: its own worker thread.
+    threaded: ClassVar[bool] = True
 
     def start_run(self, run: RunInfo) -> None:
         """The run starts; raise to refuse it (the run then fails to start)."""

@@ -126,6 +126,46 @@ class SinkWorker:
         )
 
 
+class InlineSink(SinkWorker):
+    """A non-blocking sink (``threaded = False``), called in the caller's thread.
+
+    Same failure policy as a threaded worker; calls are serialised by a lock."""
+
+    def __init__(self, sink: Sink, run_id: str, retries: int, queue_rows: int) -> None:  # noqa: D107
+        self.sink = sink
+        self.run_id = run_id
+        self.retries = retries
+        self.limit = None
+        self.dropped = 0
+        self.disabled = False
+        self._closed = False
+        self._queue = deque()
+        self._cond = threading.Condition()
+
+    def put(self, method: str, args: tuple, rows: int = 0) -> None:
+        with self._cond:
+            if method == "__sync__":
+                args[0].set()
+                return
+            if self._closed:
+                return
+            if self.disabled:
+                self.dropped += rows
+                return
+            self._call(method, args, rows)
+
+    def finish(self, status: RunStatus, error: str | None) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._call("end_run", (status, error), 0)
+            self._call("close", (), 0)
+
+    def join(self, timeout: float | None) -> bool:
+        return True
+
+
 class Dispatcher:
     """The sinks of one run."""
 
@@ -151,7 +191,8 @@ class Dispatcher:
                 ) from exc
             started.append(sink)
         self.workers = [
-            SinkWorker(sink, self.run.run_id, self.retries, self.queue_rows) for sink in self.sinks
+            (SinkWorker if sink.threaded else InlineSink)(sink, self.run.run_id, self.retries, self.queue_rows)
+            for sink in self.sinks
         ]
 
     def publish(self, method: str, *args, rows: int = 0) -> None:

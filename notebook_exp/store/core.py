@@ -72,6 +72,7 @@ class Store:
         self._mode: str | None = None  # None, "ro" or "rw"
         self._ready = False  # schema checked and lost runs recovered
         self._writer = None
+        self._writer_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -225,8 +226,14 @@ class Store:
     # -- writing ------------------------------------------------------------
     @property
     def writer(self):
-        """This process's background writer for the store (started lazily)."""
-        with self._lock:
+        """This process's background writer for the store (started lazily).
+
+        Never takes the session lock, which the writer holds through each commit:
+        queueing a write must not wait for the disk."""
+        writer = self._writer
+        if writer is not None and not writer.stopped:
+            return writer
+        with self._writer_lock:
             if self._writer is None or self._writer.stopped:
                 from .writer import StoreWriter
 

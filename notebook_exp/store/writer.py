@@ -58,6 +58,16 @@ class StoreWriter:
         (from the writer thread) once it is committed, or given up."""
         return self._put(("sql", sql, params), on_commit)
 
+    def event(self, run_id: str | None, event: str, detail: str | None = None, on_commit=None) -> int:
+        """Append to the audit trail (``events``): one row, timestamped now. Events of
+        a transaction are inserted together, after its other writes."""
+        import os
+
+        from .core import HOST, utcnow
+
+        row = (run_id, utcnow(), event, detail[:4000] if detail else None, HOST, os.getpid())
+        return self._put(("event", row, None), on_commit)
+
     def submit_call(self, fn) -> int:
         """Queue ``fn(conn)``, run inside the next transaction (read-then-write work)."""
         return self._put(("call", fn, None))
@@ -202,14 +212,24 @@ class StoreWriter:
 
 
 def _run_transaction(conn, ops: list) -> None:
+    """Apply ``ops`` in submission order in one transaction; consecutive metric
+    batches are inserted together."""
     batches: list[MetricBatch] = []
+    events: list[tuple] = []
     conn.execute("BEGIN")
     try:
         for _seq, (kind, payload, params) in ops:
+            if kind == "event":  # append-only and read by nothing here: safe to move last
+                events.append(payload)
+                continue
             if kind == "metrics":
                 if len(payload):
                     batches.append(payload)
-            elif kind == "call":
+                continue
+            if batches:
+                _insert_metrics(conn, batches)
+                batches = []
+            if kind == "call":
                 payload(conn)
             elif params is None:
                 conn.execute(payload)
@@ -217,6 +237,9 @@ def _run_transaction(conn, ops: list) -> None:
                 conn.execute(payload, params)
         if batches:
             _insert_metrics(conn, batches)
+        if events:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(events))
+            conn.execute(f"INSERT INTO events VALUES {values}", [v for row in events for v in row])
         conn.execute("COMMIT")
     except BaseException:
         try:

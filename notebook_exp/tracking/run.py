@@ -253,9 +253,17 @@ class Run:
         self._interrupt = exc
 
     def end(
-        self, status: RunStatus | str = RunStatus.COMPLETED, error: str | None = None, *, requeue: bool = False
+        self,
+        status: RunStatus | str = RunStatus.COMPLETED,
+        error: str | None = None,
+        *,
+        requeue: bool = False,
+        on_recorded=None,
     ) -> None:
-        """Flush, end every sink, and record the final status (idempotent).
+        """Flush, end every sink, and record the final status (idempotent). Returns
+        once the store has it, or at once if ``on_recorded`` is given: it is then
+        called (from the store's writer thread, and must not wait on it) when the
+        final status is committed.
 
         ``requeue`` (the scheduler's, for retries) records the run as ``queued``
         again with a ``retry`` event instead of a final status.
@@ -271,12 +279,12 @@ class Run:
             self._flush(force=True)
         finally:
             self.dropped = self._dispatcher.finish(status, error, timeout=END_TIMEOUT)
-            self._record_end(status, error, requeue)
+            self._record_end(status, error, requeue, on_recorded)
             _live.pop(self.run_id, None)
             if _current.get() is self:
                 _current.set(None)
 
-    def _record_end(self, status: RunStatus, error: str | None, requeue: bool = False) -> None:
+    def _record_end(self, status: RunStatus, error: str | None, requeue: bool = False, on_recorded=None) -> None:
         from ..store import utcnow
 
         dropped = sum(self.dropped.values())
@@ -294,11 +302,9 @@ class Run:
             "UPDATE runs SET status = ?, ended_at = ?, error = ?, dropped = dropped + ? WHERE run_id = ?",
             [recorded, None if requeue else now, error, dropped, self.run_id],
         )
-        seq = writer.submit(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-            [self.run_id, now, event, (error or "")[:4000] or None, _host(), os.getpid()],
-        )
-        writer.wait(seq)
+        seq = writer.event(self.run_id, event, error, on_commit=on_recorded)
+        if on_recorded is None:
+            writer.wait(seq)
 
     # -- context manager ----------------------------------------------------
     def __enter__(self) -> Run:
@@ -344,6 +350,7 @@ def start_run(
     store: str | os.PathLike | None = None,
     settings: Settings | None = None,
     run_id: str | None = None,
+    columns: dict[str, Any] | None = None,
 ) -> Run:
     """Start a run now and return it; use it as a context manager to end it.
 
@@ -351,7 +358,9 @@ def start_run(
     ``sinks`` setting, ``NOTEBOOK_EXP_SINKS``). ``store`` overrides the store
     file (default: the ``store`` setting, ``NOTEBOOK_EXP_STORE``). Raises
     ``StoreError`` naming the path if the store cannot be written, and
-    ``SinkError`` if a sink fails to load or start.
+    ``SinkError`` if a sink fails to load or start. ``run_id`` continues a run
+    the store may already have (a queued one); ``columns`` sets more of its
+    ``runs`` columns (the scheduler's attempts and gpus).
     """
     from ..store import get_store, utcnow
 
@@ -359,6 +368,7 @@ def start_run(
     store_obj = get_store(store if store is not None else settings.store_path, settings.lock_timeout)
     params = clean_params(params)
     tags = clean_tags(tags)
+    existing = run_id is not None
     run_id = run_id or new_run_id()
     experiment = experiment or "default"
     name = name or f"{experiment}-{run_id[:6]}"
@@ -372,19 +382,21 @@ def start_run(
     sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     run = Run(info, settings, sink_objs, store_obj)
     _exit.install()
+    row = {
+        "experiment": experiment, "name": name, "status": "running", "params": json.dumps(params), "tags": tags,
+        "started_at": now, "host": _host(), "pid": os.getpid(), "pid_started": _pid_started(),
+        "error": None, "ended_at": None, **(columns or {}),
+    }
     writer = store_obj.writer
-    writer.submit(
-        """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, started_at,
-                             host, pid, pid_started)
-           VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (run_id) DO UPDATE SET status = 'running', started_at = excluded.started_at,
-               params = excluded.params, tags = excluded.tags, host = excluded.host,
-               pid = excluded.pid, pid_started = excluded.pid_started, error = NULL, ended_at = NULL""",
-        [run_id, experiment, name, json.dumps(params), tags, now, now, _host(), os.getpid(), _pid_started()],
-    )
-    writer.submit(
-        "INSERT INTO events VALUES (?, ?, 'running', NULL, ?, ?)", [run_id, now, _host(), os.getpid()]
-    )
+    if existing:
+        writer.submit_call(lambda conn: _update_or_insert(conn, run_id, row, now))
+    else:
+        names = ["run_id", "created_at", *row]
+        writer.submit(
+            f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [run_id, now, *row.values()],
+        )
+    writer.event(run_id, "running")
     try:
         run._dispatcher.start()
     except Exception as exc:
@@ -397,13 +409,33 @@ def start_run(
     return run
 
 
+def _update_or_insert(conn, run_id: str, row: dict[str, Any], now) -> None:
+    """Start a run the store may already hold (queued by a scheduler) without an upsert,
+    which costs DuckDB several times an update."""
+    assignments = ", ".join(f"{name} = ?" for name in row)
+    updated = conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*row.values(), run_id]).fetchone()
+    if not updated or not updated[0]:
+        names = ["run_id", "created_at", *row]
+        conn.execute(
+            f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [run_id, now, *row.values()],
+        )
+
+
 _live: dict[str, Run] = {}
 
 
-def _pid_started() -> float:
-    import psutil
+_started: dict[int, float] = {}
 
-    return psutil.Process().create_time()
+
+def _pid_started() -> float:
+    """This process's start time (psutil), to tell it from a later process with the same pid."""
+    pid = os.getpid()
+    if pid not in _started:
+        import psutil
+
+        _started[pid] = psutil.Process(pid).create_time()
+    return _started[pid]
 
 
 def live_runs() -> list[Run]:

@@ -67,7 +67,7 @@ class ProcessExecutor(Executor):
         payload.write_bytes(cloudpickle.dumps({
             "fn": spec.fn, "params": spec.params, "name": job.name, "experiment": job.experiment,
             "tags": spec.tags, "sinks": spec.sinks, "run_id": job.run_id, "gpus": list(job.gpus),
-            "store": str(scheduler.store.path),
+            "store": str(scheduler.store.path), "attempts": job.attempts,
         }))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTEBOOK_EXP_STORE": str(scheduler.store.path)}
         env["CUDA_VISIBLE_DEVICES"] = scheduler.inventory.visible_devices_value(job.gpus) if job.gpus else ""

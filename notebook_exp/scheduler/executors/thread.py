@@ -38,8 +38,8 @@ class ThreadExecutor(Executor):
         run, status, error, result = None, RunStatus.FAILED, None, None
         route(job)
         try:
-            run = start_run(job.name, job.experiment, spec.params, spec.tags, spec.sinks,
-                            run_id=job.run_id, settings=scheduler.settings)
+            run = start_run(job.name, job.experiment, spec.params, spec.tags, spec.sinks, run_id=job.run_id,
+                            settings=scheduler.settings, columns={"attempts": job.attempts, "gpus": job.gpus})
             run.gpus = list(job.gpus)
             run.device = f"cuda:{scheduler.inventory.cuda_ordinal(job.gpus[0])}" if job.gpus else "cpu"
             job.run = run
