@@ -41,6 +41,7 @@ _EXPORTS = {
     "resubmit": "notebook_exp.scheduler.api",
     "submit": "notebook_exp.scheduler.api",
     "sweep": "notebook_exp.scheduler.api",
+    "view": "notebook_exp.viewing",
     "wait": "notebook_exp.scheduler.api",
     "metrics": "notebook_exp.store.queries",
     "runs": "notebook_exp.store.queries",
@@ -58,6 +59,13 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext notebook_exp``: register ``%%experiment`` and the queue magics."""
+    from .magics import ExperimentMagics
+
+    ipython.register_magics(ExperimentMagics)
 
 
 def __dir__() -> list[str]:
@@ -86,3 +94,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .scheduler.spec import ExperimentSpec
     from .store.queries import metrics, runs, sql
     from .tracking.run import Run, current_run, start_run
+    from .viewing import view

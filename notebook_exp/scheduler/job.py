@@ -45,8 +45,11 @@ class Job:
         self._done = threading.Event()
         self._output: list[str] = []
         self._output_len = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._listeners: list[Callable[[Job, str, Any], None]] = []
+        from ..tracking.run import Progress
+
+        self._progress = Progress()  # reported by a process run's child
 
     # -- what users read ------------------------------------------------------
     @property
@@ -68,6 +71,11 @@ class Job:
     @property
     def queue_position(self) -> int | None:
         return self._scheduler.position(self)
+
+    @property
+    def progress(self):
+        """The run's ``Progress`` (n, total, rate(), eta()), from whichever process runs it."""
+        return self.run.progress_state if self.run is not None else self._progress
 
     @property
     def output(self) -> str:
@@ -98,9 +106,14 @@ class Job:
         return self._scheduler.cancel(self)
 
     # -- events for widgets -------------------------------------------------
-    def subscribe(self, listener: Callable[[Job, str, Any], None]) -> None:
-        """Call ``listener(job, event, data)`` on ``status`` and ``output`` events (from any thread)."""
-        self._listeners.append(listener)
+    def subscribe(self, listener: Callable[[Job, str, Any], None], replay: bool = True) -> None:
+        """Call ``listener(job, event, data)`` on ``status`` and ``output`` events (from any
+        thread; keep it quick). With ``replay`` it first gets the output printed so far,
+        exactly once."""
+        with self._lock:
+            if replay and self._output:
+                listener(self, "output", "".join(self._output))
+            self._listeners.append(listener)
 
     def _emit(self, event: str, data: Any = None) -> None:
         for listener in list(self._listeners):
@@ -112,13 +125,13 @@ class Job:
     def _write(self, text: str) -> None:
         if not text:
             return
-        with self._lock:
+        with self._lock:  # listeners see each piece once, in order (see subscribe)
             self._output.append(text)
             self._output_len += len(text)
             if self._output_len > 2 * MAX_OUTPUT:
                 joined = "".join(self._output)[-MAX_OUTPUT:]
                 self._output, self._output_len = [joined], len(joined)
-        self._emit("output", text)
+            self._emit("output", text)
 
     def _set_status(self, status: RunStatus, error: str | None = None, done: bool = True) -> None:
         """Move to ``status``. A terminal status also ends the job unless ``done`` is

@@ -43,6 +43,41 @@ _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_
 END_TIMEOUT = None  # run.end waits until the store committed everything
 
 
+class Progress:
+    """A run's progress: ``n`` of ``total`` (None when unknown) since ``started``."""
+
+    __slots__ = ("n", "total", "started", "updated")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: int | None = None
+        self.started: float | None = None
+        self.updated: float | None = None
+
+    def touch(self) -> None:
+        now = _monotonic()
+        if self.started is None:
+            self.started = now
+        self.updated = now
+
+    @property
+    def active(self) -> bool:
+        return self.started is not None
+
+    def rate(self) -> float | None:
+        """Items per second so far."""
+        if self.started is None or self.updated is None or self.updated <= self.started:
+            return None
+        return self.n / (self.updated - self.started)
+
+    def eta(self) -> float | None:
+        """Seconds left at the current rate (None without a total or a rate)."""
+        rate = self.rate()
+        if not rate or self.total is None:
+            return None
+        return max(0.0, (self.total - self.n) / rate)
+
+
 class _Key:
     """One metric key of a run: its next automatic step and its buffered points,
     ``step, time, value`` triples in a flat ``array('d')`` (one atomic ``fromlist``
@@ -83,6 +118,10 @@ class Run:
         self._flush_interval = settings.flush_interval
         self._dispatcher = Dispatcher(info, sinks, settings.sink_retries, settings.sink_queue_rows)
         self._token = None
+        #: Last ``(step, value)`` of each key as of the latest flush (see :meth:`last_values`).
+        self.latest: dict[str, tuple[int, float]] = {}
+        #: Progress declared with :meth:`progress` / :meth:`track`.
+        self.progress_state = Progress()
         self.points = 0
         self.status = info.status
         self.error: str | None = None
@@ -219,6 +258,38 @@ class Run:
         self._dispatcher.publish("log_artifact", name, str(dest))
         return dest
 
+    # -- progress -------------------------------------------------------------
+    def progress(self, total: int | None = None, n: int | None = None, advance: int = 0) -> None:
+        """Declare or move the run's progress bar: ``run.progress(total=1000)``, then
+        ``run.progress(advance=1)`` or ``run.progress(n=i)``. Widgets show rate and ETA."""
+        state = self.progress_state
+        if total is not None:
+            state.total = int(total)
+        if n is not None:
+            state.n = int(n)
+        state.n += advance
+        state.touch()
+
+    def track(self, iterable, total: int | None = None):
+        """Iterate ``iterable`` and advance the progress bar: ``for batch in run.track(loader):``."""
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.progress(total=total, n=0)
+        state = self.progress_state
+        for item in iterable:
+            yield item
+            state.n += 1
+            state.touch()
+
+    def last_values(self) -> dict[str, tuple[int, float]]:
+        """The last ``(step, value)`` of every key, including points not flushed yet."""
+        values = dict(self.latest)
+        for key, rec in list(self._keys.items()):
+            tail = rec.points[-3:]  # one atomic slice: a whole (step, time, value) triple
+            if len(tail) == 3:
+                values[key] = (int(tail[0]), tail[2])
+        return values
+
     # -- flushing and ending ------------------------------------------------
     def _flush(self, force: bool = False) -> int:
         """Hand the buffered points to the sinks if due (``flush_rows`` or
@@ -238,6 +309,8 @@ class Run:
                     chunks.append((key, points[:n]))
                     del points[:n]  # points are only added at the end, so these are exactly the ones taken
             self._last_flush = _monotonic()
+            for key, points in chunks:
+                self.latest[key] = (int(points[-3]), points[-1])
             batch = MetricBatch(self.run_id, chunks)
             self.points += len(batch)
             self._dispatcher.publish("log_metrics", batch, rows=len(batch))

@@ -36,8 +36,9 @@ def check_picklable(fn) -> bytes:
         return cloudpickle.dumps(fn)
     except Exception as exc:  # noqa: BLE001 - find the culprit for a clear message
         code = getattr(fn, "__code__", None)
-        namespace = getattr(fn, "__globals__", {})
-        for name in code.co_names if code else ():
+        namespace = getattr(fn, "captured", None) or getattr(fn, "__globals__", {})
+        names = code.co_names if code else list(namespace)
+        for name in names:
             if name in namespace:
                 try:
                     cloudpickle.dumps(namespace[name])
@@ -90,8 +91,13 @@ class ProcessExecutor(Executor):
             reader.start()
         with os.fdopen(status_fd, "rb") as status:
             for line in status:
-                if line.strip() == b"running":
+                word, *rest = line.split()
+                if word == b"running":
                     self.scheduler.running(job)
+                elif word == b"progress" and len(rest) == 2:
+                    job._progress.n = int(rest[0])
+                    job._progress.total = None if rest[1] == b"-" else int(rest[1])
+                    job._progress.touch()
         proc.wait()
         for reader in readers:
             reader.join()

@@ -1,0 +1,298 @@
+"""Compare runs inline in the notebook: a rich runs table and overlaid metric curves.
+
+    table = nx.runs("mnist")        # a RunsTable: a pandas DataFrame that renders richly
+    table[table["status"] == "completed"].plot("loss", smooth=0.6)
+
+``RunsTable`` is a ``pandas.DataFrame`` (slices stay ``RunsTable`` and remember
+their store). In a notebook it shows as an HTML table with coloured status
+cells and its columns grouped under run / params / metrics, every value
+escaped. ``RunsTable.plot(key)`` replaces pandas' plot accessor: it draws one
+line per run of the metric ``key`` in an interactive bokeh figure (a
+``MetricPlot``), which embeds BokehJS in the output itself, so it renders in
+JupyterLab without internet. ``pandas.DataFrame(table).plot`` gives pandas'
+plotting back.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import os
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import ConfigError
+
+__all__ = ["MetricPlot", "RunsTable", "runs_table"]
+
+STATUS_COLORS = {  # the viewer's colours
+    "queued": "#7f7f7f",
+    "running": "#1f77b4",
+    "completed": "#2ca02c",
+    "failed": "#d62728",
+    "cancelled": "#ff7f0e",
+}
+PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+]
+GROUPS = ("params.", "metrics.")  # column prefixes shown under a group heading
+MAX_CELL = 80  # characters of a cell shown; the whole value is in its tooltip
+X_KINDS = ("step", "time")
+DEFAULT_HEIGHT = 360
+
+
+# -- the table -------------------------------------------------------------------
+class RunsTable(pd.DataFrame):
+    """The runs table ``nx.runs()`` returns: a DataFrame that renders richly and plots metrics.
+
+    ``store`` is the store the runs came from (``None``: the current one);
+    slicing, filtering and sorting keep it. ``plot(key)`` overlays the runs'
+    curves of one metric; pandas' own plotting stays at
+    ``pandas.DataFrame(table).plot``.
+    """
+
+    _metadata = ["store"]
+    store: str | os.PathLike | None = None
+
+    def __init__(self, *args: Any, store: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        data = args[0] if args else kwargs.get("data")
+        super().__init__(*args, **kwargs)
+        self.store = store if store is not None else getattr(data, "store", None)
+
+    @property
+    def _constructor(self):
+        return RunsTable
+
+    def _repr_html_(self) -> str:
+        return table_html(self)
+
+    def plot(self, key: str, x: str = "step", logy: bool = False, smooth: float = 0.0) -> MetricPlot:
+        """Overlay metric ``key`` of every run in the table: one line per run, named in the legend.
+
+        ``x`` is "step" or "time" (wall clock, a datetime axis); ``logy`` uses a
+        log y axis; ``smooth`` in [0, 1) is the EMA weight (debiased, as in
+        TensorBoard and the viewer; 0 draws the raw values). Hovering a line
+        shows run, step, time and value. Raises ``ConfigError`` (a
+        ``ValueError``) for a key none of the runs logged, naming the keys they
+        did. This replaces pandas' ``DataFrame.plot`` accessor; use
+        ``pandas.DataFrame(table).plot`` for that.
+        """
+        from .store.queries import metrics
+
+        _check_plot_args(key, x, smooth)
+        if "run_id" not in self.columns:
+            raise ConfigError("a runs table needs its run_id column to plot metrics")
+        points = metrics(self, key, store=self.store)
+        if points.empty:
+            available = _available_keys(self)
+            raise ConfigError(
+                f"no metric {key!r} in these {len(self)} runs; "
+                f"available: {', '.join(map(repr, available)) if available else 'none'}"
+            )
+        figure = _figure(points, _labels(self), key, x=x, logy=logy, smooth=smooth)
+        return MetricPlot(figure, key, points["run_id"].nunique())
+
+
+def runs_table(frame: pd.DataFrame, store: str | os.PathLike | None = None) -> RunsTable:
+    """``frame`` as a ``RunsTable`` reading metrics from ``store`` (default: the store setting now)."""
+    if store is None:
+        from .config import get_settings
+
+        store = get_settings().store_path
+    return RunsTable(frame, store=store)
+
+
+def _check_plot_args(key: Any, x: str, smooth: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"plot takes one metric key (a string), got {key!r}")
+    if x not in X_KINDS:
+        raise ConfigError(f"x must be one of {', '.join(X_KINDS)}, got {x!r}")
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < 1:
+        raise ConfigError(f"smooth is an EMA weight in [0, 1), got {smooth!r}")
+
+
+def _available_keys(table: RunsTable) -> list[str]:
+    """Metric keys the table's runs logged (from the store, else from its columns)."""
+    from .exceptions import StoreError
+    from .store.queries import sql
+
+    ids = [str(r) for r in table["run_id"]]
+    try:
+        found = sql("SELECT DISTINCT key FROM metric_summary WHERE run_id IN (SELECT unnest(?)) ORDER BY key",
+                    [ids], store=table.store)
+        return [str(k) for k in found["key"]]
+    except StoreError:
+        return sorted(c.removeprefix("metrics.") for c in table.columns if str(c).startswith("metrics."))
+
+
+def _labels(table: pd.DataFrame) -> dict[str, str]:
+    """run id -> legend label: the run's name, with a short id where names repeat."""
+    ids = [str(r) for r in table["run_id"]]
+    names = [str(n) for n in table["name"]] if "name" in table.columns else ids
+    counts = pd.Series(names).value_counts()
+    return {i: (f"{n} ({i[:6]})" if counts[n] > 1 else n) for i, n in zip(ids, names)}
+
+
+# -- HTML ------------------------------------------------------------------------
+def _group(column: Any) -> str:
+    text = str(column)
+    return next((p[:-1] for p in GROUPS if text.startswith(p)), "run")
+
+
+def _short(column: Any) -> str:
+    text = str(column)
+    return next((text[len(p):] for p in GROUPS if text.startswith(p)), text)
+
+
+def format_cell(value: Any) -> str:
+    """A short plain-text rendering of a table value (not yet escaped)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(format_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={format_cell(v)}" for k, v in value.items())
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _cell(column: Any, value: Any) -> str:
+    text = format_cell(value)
+    shown = text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "\u2026"
+    title = f' title="{html.escape(text)}"' if shown != text else ""
+    style = ""
+    if str(column) == "status" and text in STATUS_COLORS:
+        style = f' style="background:{STATUS_COLORS[text]};color:white"'
+    return f"<td{title}{style}>{html.escape(shown)}</td>"
+
+
+def _header(columns: list[Any]) -> str:
+    """Two header rows: the group of each run of columns, then the short column names."""
+    top = "".join(
+        f'<th colspan="{len(list(run))}" style="text-align:center">{html.escape(group)}</th>'
+        for group, run in itertools.groupby(columns, key=_group)
+    )
+    names = "".join(f"<th title=\"{html.escape(str(c))}\">{html.escape(_short(c))}</th>" for c in columns)
+    return f"<thead><tr><th></th>{top}</tr><tr><th></th>{names}</tr></thead>"
+
+
+def _rows(frame: pd.DataFrame) -> list[str]:
+    columns = list(frame.columns)
+    out = []
+    for index, row in zip(frame.index, frame.itertuples(index=False, name=None)):
+        cells = "".join(_cell(c, v) for c, v in zip(columns, row))
+        out.append(f"<tr><th>{html.escape(format_cell(index))}</th>{cells}</tr>")
+    return out
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """An HTML table of ``frame``: status cells coloured, params and metrics columns
+    grouped, long values cut (whole in the tooltip), everything escaped. Tables
+    longer than pandas' ``display.max_rows`` show their first and last rows."""
+    max_rows = pd.get_option("display.max_rows")
+    if max_rows is not None and len(frame) > max_rows:
+        half = max((pd.get_option("display.min_rows") or 10) // 2, 1)
+        gap = f'<tr><td colspan="{len(frame.columns) + 1}">\u2026</td></tr>'
+        rows = _rows(frame.iloc[:half]) + [gap] + _rows(frame.iloc[-half:])
+    else:
+        rows = _rows(frame)
+    noun = "run" if len(frame) == 1 else "runs"
+    return (
+        '<div class="nx-runs-table" style="overflow-x:auto">'
+        f'<table class="dataframe">{_header(list(frame.columns))}<tbody>{"".join(rows)}</tbody></table>'
+        f"<p>{len(frame)} {noun} \u00d7 {len(frame.columns)} columns</p></div>"
+    )
+
+
+# -- the plot --------------------------------------------------------------------
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Debiased exponential moving average (TensorBoard's smoothing); non-finite points
+    are skipped and stay NaN. ``weight`` 0 returns the values unchanged."""
+    values = np.asarray(values, dtype="float64")
+    if weight <= 0 or len(values) == 0:
+        return values
+    finite = np.isfinite(values)
+    smooth = pd.Series(np.where(finite, values, np.nan)).ewm(alpha=1 - weight, adjust=True, ignore_na=True).mean()
+    return np.where(finite, smooth.to_numpy(), np.nan)
+
+
+def _figure(points: pd.DataFrame, labels: dict[str, str], key: str, *, x: str, logy: bool, smooth: float):
+    """A bokeh figure with one line per run of ``points`` (run_id, step, ts, value)."""
+    from bokeh.models import ColumnDataSource, Legend, LegendItem
+    from bokeh.plotting import figure
+
+    fig = figure(
+        title=key, height=DEFAULT_HEIGHT, sizing_mode="stretch_width",
+        x_axis_type="datetime" if x == "time" else "linear", y_axis_type="log" if logy else "linear",
+        x_axis_label="time (UTC)" if x == "time" else "step", y_axis_label=key,
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+    )
+    items, lines = [], []
+    order = {run_id: i for i, run_id in enumerate(labels)}
+    groups = sorted(points.groupby("run_id", sort=False), key=lambda g: order.get(g[0], len(order)))
+    for i, (run_id, group) in enumerate(groups):
+        raw = group["value"].to_numpy(dtype="float64")
+        label = labels.get(run_id, run_id)
+        source = ColumnDataSource({
+            "x": group["ts" if x == "time" else "step"].to_numpy(), "step": group["step"].to_numpy(),
+            "ts": group["ts"].to_numpy(), "value": ema(raw, smooth), "raw": raw, "run": [label] * len(group),
+        })
+        color = PALETTE[i % len(PALETTE)]
+        line = fig.line("x", "value", source=source, color=color, line_width=2)
+        renderers = [line]
+        if len(group) == 1:  # a single point draws no line
+            renderers.append(fig.scatter("x", "value", source=source, color=color, size=6))
+        lines.append(line)
+        items.append(LegendItem(label=label, renderers=renderers))
+    fig.add_tools(_hover(lines, smooth))
+    fig.add_layout(Legend(items=items, click_policy="hide"), "right")
+    return fig
+
+
+def _hover(lines: list, smooth: float):
+    from bokeh.models import HoverTool
+
+    tooltips = [("run", "@run"), ("step", "@step"), ("time", "@ts{%F %T}"), ("value", "@value{%.6g}")]
+    if smooth > 0:
+        tooltips.append(("raw", "@raw{%.6g}"))
+    return HoverTool(renderers=lines, tooltips=tooltips,
+                     formatters={"@ts": "datetime", "@value": "printf", "@raw": "printf"})
+
+
+class MetricPlot:
+    """An interactive bokeh chart of one metric over runs (the bokeh figure is ``figure``).
+
+    In a notebook it renders inline with BokehJS embedded in the output (no
+    internet, no iframe), so saved notebooks keep working offline; its plain
+    text is ``<MetricPlot loss: 4 runs>``. ``to_html()`` gives that HTML.
+    """
+
+    def __init__(self, figure: Any, key: str, runs: int) -> None:
+        self.figure = figure
+        self.key = key
+        self.runs = runs
+
+    def __repr__(self) -> str:
+        return f"<MetricPlot {self.key}: {self.runs} run{'' if self.runs == 1 else 's'}>"
+
+    def to_html(self) -> str:
+        """A self-contained HTML fragment: BokehJS inline, then the figure's div and script."""
+        from bokeh.embed import components
+        from bokeh.resources import Resources
+
+        resources = Resources(mode="inline", components=["bokeh"])  # what a plot needs: 1/3 of INLINE
+        script, div = components(self.figure)
+        return f'<div class="nx-metric-plot">{resources.render_js()}{div}{script}</div>'
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/html": self.to_html(), "text/plain": repr(self)}

@@ -1,0 +1,259 @@
+"""IPython magics: ``%%experiment`` and the queue's line magics.
+
+Load with ``%load_ext notebook_exp``.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .exceptions import NotebookExpError
+
+__all__ = ["ExperimentMagics", "parse_assignment", "parse_grid"]
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets or quotes."""
+    parts, depth, quote, current = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts]
+
+
+def parse_assignment(text: str, flag: str = "-p") -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier() or not value.strip():
+        raise UsageError(f"{flag} takes KEY=VALUE with KEY a Python name, got {text!r}")
+    return key, value.strip()
+
+
+def parse_grid(text: str) -> tuple[str, list]:
+    """``lr=1e-3,1e-4`` -> ("lr", [0.001, 0.0001]); values are Python literals when they parse."""
+    key, values = parse_assignment(text, "--grid")
+    items = _split_top_level(values)
+    if any(not item for item in items):
+        raise UsageError(f"--grid {text!r} has an empty value")
+    return key, [_literal(item) for item in items]
+
+
+@magics_class
+class ExperimentMagics(Magics):
+    """``%%experiment`` and the queue magics."""
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="run name (a grid adds its values to it)")
+    @argument("-e", "--experiment", help="experiment the runs belong to")
+    @argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a param (Python literal or text)")
+    @argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="sweep a param over values")
+    @argument("--gpus", type=float, default=0, help="GPUs per run (0.5 shares one)")
+    @argument("--priority", type=int, default=5, help="0-10, higher runs first")
+    @argument("--retries", type=int, default=0, help="attempts after a failure")
+    @argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop an attempt after this long")
+    @argument("--executor", default="thread", help="thread | process | ray")
+    @argument("--tag", action="append", default=[], help="a tag (repeatable)")
+    @argument("--after", action="append", default=[], metavar="RUN_ID", help="start after this run completed")
+    @argument("--wait", action="store_true", help="block until the runs end (interrupt cancels them)")
+    @cell_magic
+    def experiment(self, line: str, cell: str):
+        """Run this cell in the background as a tracked experiment; the cell returns at once
+        with a live card per run.
+
+        Inside the cell, ``run`` is the Run (``run.log(loss=...)``, ``run.progress(...)``,
+        ``run.track(iterable)``, ``run.device``) and every param is a variable. A
+        top-level assignment to a param's name in the cell (``lr = 1e-3``) is a default
+        that ``-p``/``--grid`` override. The value of a last bare expression is the run's
+        result. What the cell prints goes to its card, never to other cells.
+
+        Examples::
+
+            %%experiment baseline -e mnist -p lr=1e-3 -p layers=[64,64]
+            %%experiment lr-sweep --grid lr=1e-3,1e-4 --grid bs=32,64 --gpus 1
+            %%experiment --executor process --timeout 600 --retries 2 --tag nightly
+            %%experiment finetune --after 3f2a9c0d11e84b7a --wait
+
+        Thread runs (the default) see the notebook's variables; process runs get copies
+        of the ones the cell uses. Bad arguments queue nothing.
+        """
+        args = parse_argstring(self.experiment, line)
+        if not cell.strip():
+            raise UsageError("the cell is empty: write the code to run under %%experiment")
+        params = dict(parse_assignment(p) for p in args.param)
+        params = {k: _literal(v) for k, v in params.items()}
+        grid = dict(parse_grid(g) for g in args.grid)
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+        jobs = self._submit(args, cell, params, combos)
+        from IPython.display import display
+
+        from .widgets.run_card import RunCard, SweepView
+
+        display(RunCard(jobs[0]) if len(jobs) == 1 else SweepView(jobs, args.name or args.experiment or ""))
+        if args.wait:
+            _wait_or_cancel(jobs)
+
+    def _submit(self, args, cell: str, params: dict, combos: list[dict]) -> list:
+        from .cell import CellFunction, referenced_names
+        from .scheduler.core import get_scheduler
+        from .scheduler.spec import validate
+
+        names = set(params) | set(grid_key for combo in combos for grid_key in combo)
+        try:
+            source = self.shell.transform_cell(cell)
+            if args.executor == "process":
+                used = referenced_names(source) - names - {"run"}
+                captured = {k: self.shell.user_ns[k] for k in used if k in self.shell.user_ns}
+                fn = CellFunction(source, names, captured=captured)
+            else:
+                fn = CellFunction(source, names, namespace=self.shell.user_ns)
+            specs = [
+                validate(
+                    fn=fn, params={**params, **combo}, experiment=args.experiment,
+                    name=_name(args.name, combo), gpus=args.gpus, priority=args.priority, retries=args.retries,
+                    timeout=args.timeout, executor=args.executor, tags=args.tag, after=args.after, source=cell,
+                )
+                for combo in combos
+            ]
+            scheduler = get_scheduler()
+            return [scheduler.submit(spec) for spec in specs]
+        except NotebookExpError as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- line magics ------------------------------------------------------------
+    @line_magic
+    def experiment_status(self, line: str = ""):
+        """Show this kernel's queue (running, queued, finished), GPUs and recent runs, live."""
+        from IPython.display import display
+
+        from .scheduler.core import get_scheduler
+        from .widgets.queue_monitor import QueueMonitor
+
+        display(QueueMonitor(get_scheduler()))
+
+    @magic_arguments()
+    @argument("run_ids", nargs="*", help="runs to wait for (default: every unfinished run of this kernel)")
+    @argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    @line_magic
+    def experiment_wait(self, line: str = ""):
+        """Wait for runs to end and print how they ended. Interrupting stops waiting, not the runs."""
+        args = parse_argstring(self.experiment_wait, line)
+        jobs = _jobs(args.run_ids) if args.run_ids else [j for j in _scheduler_jobs() if not j.done]
+        try:
+            from .scheduler.api import wait
+
+            wait(jobs, timeout=args.timeout)
+        except TimeoutError:
+            pass
+        except KeyboardInterrupt:
+            print("stopped waiting; the runs go on")
+        print(_summary(jobs))
+
+    @magic_arguments()
+    @argument("run_ids", nargs="*", help="runs to cancel")
+    @argument("-e", "--experiment", help="cancel every unfinished run of this experiment")
+    @argument("--all", action="store_true", help="cancel every unfinished run of this kernel")
+    @line_magic
+    def experiment_cancel(self, line: str = ""):
+        """Cancel runs by id, by experiment (-e) or all (--all)."""
+        args = parse_argstring(self.experiment_cancel, line)
+        if not (args.run_ids or args.experiment or args.all):
+            raise UsageError("name the runs to cancel, or give -e EXPERIMENT or --all")
+        jobs = _jobs(args.run_ids) if args.run_ids else [
+            j for j in _scheduler_jobs() if not j.done and (args.all or j.experiment == args.experiment)
+        ]
+        cancelled = sum(bool(job.cancel()) for job in jobs)
+        print(f"cancelled {cancelled} run{'s' * (cancelled != 1)}")
+
+    @line_magic
+    def experiment_gpus(self, line: str = ""):
+        """List the GPUs this kernel may lease, with memory, utilisation, temperature and holder."""
+        from .scheduler.core import get_scheduler
+
+        infos = get_scheduler().leases.snapshot()
+        if not infos:
+            print("no GPUs (set NOTEBOOK_EXP_FAKE_GPUS=N to declare virtual ones)")
+        for info in infos:
+            gib = 2**30
+            temp = f"{info.temperature:.0f}C" if info.temperature is not None else "-"
+            util = f"{info.utilization:.0f}%" if info.utilization is not None else "-"
+            print(f"GPU {info.index}: {info.name}  {info.memory_used / gib:.1f}/{info.memory_total / gib:.1f} GiB"
+                  f"  util {util}  {temp}  {'held by ' + info.holder if info.holder else 'free'}")
+
+    @magic_arguments()
+    @argument("--port", type=int, default=0, help="port (default: a free one)")
+    @line_magic
+    def experiment_view(self, line: str = ""):
+        """Serve the viewer from this kernel on a free loopback port and show its link."""
+        args = parse_argstring(self.experiment_view, line)
+        from .viewing import view
+
+        return view(port=args.port)
+
+
+def _name(base: str | None, combo: dict) -> str | None:
+    label = " ".join(f"{k}={v}" for k, v in combo.items())
+    if base and label:
+        return f"{base} {label}"
+    return base or label or None
+
+
+def _scheduler_jobs() -> list:
+    from .scheduler.core import get_scheduler
+
+    return get_scheduler().jobs()
+
+
+def _jobs(run_ids: list[str]) -> list:
+    from .scheduler.core import get_scheduler
+
+    scheduler = get_scheduler()
+    jobs = []
+    for run_id in run_ids:
+        matches = [j for j in scheduler.jobs() if j.run_id.startswith(run_id)]
+        if len(matches) != 1:
+            raise UsageError(f"{run_id!r} matches {len(matches)} runs of this kernel")
+        jobs.append(matches[0])
+    return jobs
+
+
+def _summary(jobs: list) -> str:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    return f"{len(jobs)} run{'s' * (len(jobs) != 1)}: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none")
+
+
+def _wait_or_cancel(jobs: list) -> None:
+    from .scheduler.api import wait
+
+    try:
+        wait(jobs)
+    except KeyboardInterrupt:
+        for job in jobs:
+            job.cancel()
+        wait(jobs, timeout=60)
+        print(f"interrupted: {_summary(jobs)}")
