@@ -19,7 +19,8 @@ def test_all_is_sorted_and_complete():
     for name in nx.__all__:
         assert getattr(nx, name) is not None
     public = {n for n in dir(nx) if not n.startswith("_")}
-    modules = {"config", "exceptions", "models", "sinks", "store", "tracking", "testing", "demo", "cli", "scheduler", "magics", "widgets"}
+    modules = {"config", "exceptions", "models", "sinks", "store", "tracking", "testing", "demo", "cli",
+               "scheduler", "magics", "widgets", "cell", "viewing", "inline", "load_ipython_extension"}
     assert public - set(nx.__all__) - modules - {"annotations", "importlib", "TYPE_CHECKING"} == set()
 
 
