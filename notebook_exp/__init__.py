@@ -29,6 +29,7 @@ _EXPORTS = {
     "RunFailed": "notebook_exp.exceptions",
     "RunInterrupted": "notebook_exp.exceptions",
     "RunStatus": "notebook_exp.models",
+    "RunsTable": "notebook_exp.inline",
     "RunTimedOut": "notebook_exp.exceptions",
     "Settings": "notebook_exp.config",
     "SinkError": "notebook_exp.exceptions",
@@ -38,6 +39,7 @@ _EXPORTS = {
     "dead_letters": "notebook_exp.scheduler.api",
     "get_settings": "notebook_exp.config",
     "gpus": "notebook_exp.scheduler.api",
+    "launcher": "notebook_exp.widgets.submit_form",
     "resubmit": "notebook_exp.scheduler.api",
     "submit": "notebook_exp.scheduler.api",
     "sweep": "notebook_exp.scheduler.api",
@@ -88,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         StoreError,
         StoreLocked,
     )
+    from .inline import RunsTable
     from .models import RunStatus
     from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
     from .scheduler.job import Job
@@ -95,3 +98,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .store.queries import metrics, runs, sql
     from .tracking.run import Run, current_run, start_run
     from .viewing import view
+    from .widgets.submit_form import launcher

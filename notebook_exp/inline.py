@@ -86,6 +86,8 @@ class RunsTable(pd.DataFrame):
         _check_plot_args(key, x, smooth)
         if "run_id" not in self.columns:
             raise ConfigError("a runs table needs its run_id column to plot metrics")
+        if self.empty:
+            raise ConfigError(f"no runs to plot {key!r} for: the table is empty")
         points = metrics(self, key, store=self.store)
         if points.empty:
             available = _available_keys(self)
@@ -121,6 +123,8 @@ def _available_keys(table: RunsTable) -> list[str]:
     from .store.queries import sql
 
     ids = [str(r) for r in table["run_id"]]
+    if not ids:
+        return []
     try:
         found = sql("SELECT DISTINCT key FROM metric_summary WHERE run_id IN (SELECT unnest(?)) ORDER BY key",
                     [ids], store=table.store)

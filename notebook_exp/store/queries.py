@@ -50,7 +50,8 @@ def runs(
     *,
     store: str | os.PathLike | None = None,
 ):
-    """The runs table (pandas): one row per run, newest first.
+    """The runs table: one row per run, newest first, as a ``RunsTable`` (a pandas
+    DataFrame with a rich notebook view and ``.plot(key)`` overlaying the runs' curves).
 
     Columns: run_id, experiment, name, status, created_at, started_at,
     ended_at, duration (seconds), tags, error, ... then ``params.<name>`` for
@@ -58,9 +59,11 @@ def runs(
     """
     import pandas as pd
 
+    from ..inline import runs_table
+
     target = _store(store)
     if not _exists(target):
-        return pd.DataFrame(columns=RUN_COLUMNS)
+        return runs_table(pd.DataFrame(columns=RUN_COLUMNS), target.path)
     where, args = [], []
     if experiment is not None:
         where.append("experiment = ?")
@@ -83,7 +86,7 @@ def runs(
                 WHERE s.run_id IN (SELECT run_id FROM runs {clause})""",
             params=args,
         ).to_arrow_table()
-    return _widen(frame.to_pandas(), last.to_pandas())
+    return runs_table(_widen(frame.to_pandas(), last.to_pandas()), target.path)
 
 
 def _widen(frame, last):

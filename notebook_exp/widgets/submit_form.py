@@ -1,6 +1,7 @@
 """A launcher form: controls for a function's params, a Run and a Sweep button.
 
-    form = nx.widgets.launcher(train, TrainParams, experiment="mnist")
+    from notebook_exp.widgets.submit_form import launcher
+    form = launcher(train, TrainParams, experiment="mnist")
     form            # displays the form; form.jobs collects what it submitted
 
 ``params`` is a pydantic model class (one control per field, chosen from its
@@ -116,7 +117,7 @@ def _control(name: str, annotation: Any, default: Any, bounds: dict[str, Any]) -
     elif annotation is str:
         control = widgets.Text(value="" if default is None else default, description=name, style=_STYLE)
     else:
-        label = getattr(annotation, "__name__", repr(annotation))
+        label = annotation.__name__ if isinstance(annotation, type) else repr(annotation)
         raise ConfigError(f"param {name!r} ({label}) has no form control; supported: {SUPPORTED}")
     return _Field(name, control, choices)
 
@@ -244,6 +245,8 @@ class LauncherForm(widgets.VBox):
         row = widgets.HBox([field.control, field.toggle])
 
         def _on_toggle(change: dict) -> None:
+            if change["new"]:  # start the pick from the value shown
+                field.multi.value = (field.control.value,)
             row.children = [field.multi if change["new"] else field.control, field.toggle]
             self._on_mode_change()
 
