@@ -78,14 +78,13 @@ def cmd_sql(args) -> int:
 
 
 def cmd_view(args) -> int:
-    try:
-        import notebook_exp_viewer as viewer
-    except ImportError as exc:  # pragma: no cover - the viewer ships with the package
-        print(f"the viewer is not available: {exc}", file=sys.stderr)
-        return 1
+    import notebook_exp_viewer as viewer
+
     from .config import get_settings
 
-    viewer.serve(store=get_settings().store_path, host=args.host, port=args.port, show=args.show)
+    print(f"Serving the viewer on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    viewer.serve(store=get_settings().store_path, host=args.host, port=args.port, show=args.show,
+                 basic_auth=args.basic_auth)
     return 0
 
 
@@ -123,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     for target in (view, demo):
         target.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
         target.add_argument("--port", type=int, default=5006, help="port (default 5006)")
+        target.add_argument("--basic-auth", metavar="PASSWORD_OR_FILE",
+                            help="require this password (or the one in this file); needed to bind off loopback")
     return parser
 
 

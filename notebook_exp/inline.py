@@ -24,21 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._style import PALETTE, STATUS_COLORS
 from .exceptions import ConfigError
 
 __all__ = ["MetricPlot", "RunsTable", "runs_table"]
 
-STATUS_COLORS = {  # the viewer's colours
-    "queued": "#7f7f7f",
-    "running": "#1f77b4",
-    "completed": "#2ca02c",
-    "failed": "#d62728",
-    "cancelled": "#ff7f0e",
-}
-PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
-]
 GROUPS = ("params.", "metrics.")  # column prefixes shown under a group heading
 MAX_CELL = 80  # characters of a cell shown; the whole value is in its tooltip
 X_KINDS = ("step", "time")

@@ -128,3 +128,11 @@ def test_cli_help_mentions_every_command(run_python):
     for command in ("demo", "runs", "sql", "view"):
         assert command in out
     assert sys.version_info >= (3, 10)
+
+
+def test_cli_view_refuses_a_public_address_without_auth(store_path, capsys):
+    from notebook_exp.cli import main
+
+    assert main(["view", "--host", "0.0.0.0", "--store", str(store_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("notebook-exp: error:") and "auth" in err and err.count("\n") == 1

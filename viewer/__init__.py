@@ -17,11 +17,12 @@ _EXPORTS = {
     "ViewerApp": "notebook_exp_viewer.app",
     "ViewerState": "notebook_exp_viewer.state",
     "create_app": "notebook_exp_viewer.app",
+    "free_port": "notebook_exp_viewer.app",
     "main": "notebook_exp_viewer.app",
     "serve": "notebook_exp_viewer.app",
 }
 
-__all__ = ["ViewerApp", "ViewerState", "create_app", "main", "serve"]
+__all__ = ["ViewerApp", "ViewerState", "create_app", "free_port", "main", "serve"]
 
 
 def __getattr__(name: str):
@@ -38,5 +39,5 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import ViewerApp, create_app, main, serve
+    from .app import ViewerApp, create_app, free_port, main, serve
     from .state import ViewerState

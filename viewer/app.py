@@ -26,7 +26,7 @@ from tornado.web import RequestHandler
 from notebook_exp.config import get_settings
 from notebook_exp.exceptions import ConfigError
 
-from .components.common import message, preferred_key, title
+from .components.common import heading, message, preferred_key, title
 from .components.export import MetricsExport
 from .components.metric_chart import MetricChart
 from .components.parallel_coords import ParallelCoords
@@ -59,7 +59,7 @@ class ComparePage:
         self.run_ids: list[str] = []
         self.names: dict[str, str] = {}
         self._updating = False
-        self.key = pn.widgets.Select(name="metric", options=[], width=260)
+        self.key = pn.widgets.Select(label="metric", options=[], width=260)
         self.key.param.watch(lambda _e: self._plot(), "value")
         self.chart = MetricChart(state, css_class="nx-compare-chart")
         self.diff = ParamsDiff(state)
@@ -71,8 +71,8 @@ class ComparePage:
     def panel(self) -> pn.viewable.Viewable:
         return pn.Column(
             self.note, pn.Row(self.key, self.export.panel()), self.chart.panel(),
-            "### Params", self.diff.panel(), "### Parallel coordinates", self.parcoords.panel(),
-            "### Param vs metric", self.scatter.panel(), sizing_mode="stretch_width",
+            heading("Params"), self.diff.panel(), heading("Parallel coordinates"), self.parcoords.panel(),
+            heading("Param vs metric"), self.scatter.panel(), sizing_mode="stretch_width",
         )
 
     def update(self) -> None:
@@ -168,10 +168,10 @@ class ViewerApp:
             self.status.object = message(f"refresh failed: {exc}", "error")
 
     def _has_live(self, run_ids: list[str]) -> bool:
+        """Whether any of these runs is queued/running (or not listed, so unknown)."""
         value = self.runs.table.value
-        rows = value[value["run_id"].isin(run_ids)]
-        return bool(len(rows) and rows["status"].isin(["queued", "running"]).any()) or \
-            bool(set(run_ids) - set(value["run_id"]))
+        status = dict(zip(value["run_id"].tolist(), value["status"].tolist(), strict=True))
+        return any(status.get(run_id, "running") in ("queued", "running") for run_id in run_ids)
 
 
 def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH) -> pn.viewable.Viewable:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 from notebook_exp.exceptions import ConfigError
 
+from .queries import json_pointer
+
 __all__ = ["FilterError", "FilterNames", "compile_filter", "tokenize"]
 
 
@@ -286,13 +288,9 @@ class _Parser:
         return Ref(f"CAST({sql} AS VARCHAR)", sql, (key,))
 
 
-def _json_pointer(name: str) -> str:
-    return "/" + name.replace("~", "~0").replace("/", "~1")
-
-
 def _param(name: str) -> Ref:
     text = "json_extract_string(runs.params, ?)"
-    return Ref(text, f"TRY_CAST({text} AS DOUBLE)", (_json_pointer(name),))
+    return Ref(text, f"TRY_CAST({text} AS DOUBLE)", (json_pointer(name),))
 
 
 def _compare(left, op: str, right) -> tuple[str, list]:

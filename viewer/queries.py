@@ -17,28 +17,22 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "BASE_COLUMNS", "best_goal", "downsample", "facets", "list_runs", "metric_bounds",
-    "param_column", "runs_frame", "x_offsets",
+    "BASE_COLUMNS", "best_goal", "downsample", "empty_runs", "facets", "json_pointer", "list_runs",
+    "param_column", "series_extents",
 ]
 
 BASE_COLUMNS = ["name", "experiment", "status", "started", "duration", "gpus", "tags", "run_id", "created"]
 STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
 _LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|rmse|nll|perplexity|ppl|wer|cer|time|latency|regret", re.I)
 
-LIST_SQL = """
-SELECT run_id, name, experiment, status, created_at AS created, started_at AS started,
-       epoch(coalesce(ended_at, ?::TIMESTAMP) - started_at) AS duration,
-       coalesce(array_to_string(gpus, ','), '') AS gpus,
-       coalesce(array_to_string(tags, ', '), '') AS tags,
-       CAST(params AS VARCHAR) AS params
-FROM runs {where}
-ORDER BY created_at DESC, run_id
-"""
-
-SUMMARY_SQL = """
-SELECT run_id, key, last_value, min_value, max_value FROM metric_summary
-WHERE key IN (SELECT unnest(?::VARCHAR[])) {runs}
-"""
+BASE_SELECT = """
+runs.name, runs.experiment, runs.status, runs.started_at AS started,
+epoch(coalesce(runs.ended_at, ?::TIMESTAMP) - runs.started_at) AS duration,
+coalesce(array_to_string(runs.gpus, ','), '') AS gpus,
+coalesce(array_to_string(runs.tags, ', '), '') AS tags,
+runs.run_id, runs.created_at AS created"""
+NUMERIC_JSON = {"UBIGINT", "BIGINT", "DOUBLE", "HUGEINT", "UHUGEINT"}
+BEST_COLUMN = {"min": "min_value", "max": "max_value"}
 
 X_EXPRESSIONS = {
     # x axis kinds: fixed SQL fragments, chosen by a whitelisted name
@@ -47,23 +41,44 @@ X_EXPRESSIONS = {
     "relative": "(epoch_ms(m.ts) - sel.off) / 1000.0",
 }
 
-DOWNSAMPLE_SQL = """
-WITH sel AS (SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::DOUBLE[]) AS off),
-pts AS (
-    SELECT m.run_id, m.key, {x} AS x, m.value
-    FROM metrics m JOIN sel ON m.run_id = sel.run_id
-    WHERE m.key IN (SELECT unnest(?::VARCHAR[])) AND isfinite(m.value)
-)
-SELECT run_id, key, least(floor((x - ?) * ? / ?), ? - 1)::BIGINT AS bucket, count(*) AS n,
-       min(x) AS x_first, arg_min(x, value) AS x_lo, min(value) AS lo,
-       arg_max(x, value) AS x_hi, max(value) AS hi
-FROM pts WHERE x BETWEEN ? AND ?
-GROUP BY ALL
+FAST_X = {"step": "m.step", "wall": "epoch_ms(m.ts)"}  # integer x: integer bucket arithmetic
+RAW_RANGES = {
+    # the window as a constant range on the stored column, so DuckDB skips row groups outside it
+    "step": "m.step >= ? AND m.step < ?",
+    "wall": "m.ts >= epoch_ms(?::BIGINT) AND m.ts < epoch_ms(?::BIGINT)",
+    "relative": "m.ts >= epoch_ms(?::BIGINT) AND m.ts < epoch_ms(?::BIGINT)",
+}
+
+# Whole runs on a step or wall-time axis: the common, big case (Compare of many long runs).
+# Runs are grouped by their position in the list (an integer) rather than by id.
+FAST_DOWNSAMPLE_SQL = """
+WITH sel AS (SELECT unnest(?::VARCHAR[]) AS run_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS ri)
+SELECT sel.ri, {key_column}({x} - ?) * ? // ? AS bucket,
+       arg_min({x}, m.value) AS x_lo, min(m.value) AS lo, arg_max({x}, m.value) AS x_hi, max(m.value) AS hi
+FROM metrics m JOIN sel ON m.run_id = sel.run_id
+WHERE {key_filter} AND {raw} AND isfinite(m.value)
+GROUP BY ALL ORDER BY ALL
 """
 
-BOUNDS_SQL = """
-SELECT min(s.first_step), max(s.last_step), epoch_ms(min(r.started_at)), epoch_ms(max(s.last_ts)),
-       max(epoch_ms(s.last_ts) - epoch_ms(r.started_at)) / 1000.0
+# Per-series offsets (relative time) or lower bounds (a live chart's tail): join a small table.
+JOINED_DOWNSAMPLE_SQL = """
+WITH sel AS (
+    SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::VARCHAR[]) AS key,
+           unnest(?::DOUBLE[]) AS off, unnest(?::DOUBLE[]) AS after
+),
+pts AS (
+    SELECT m.run_id, m.key, {x} AS x, m.value, sel.after
+    FROM metrics m JOIN sel ON m.run_id = sel.run_id AND m.key = sel.key
+    WHERE {raw} AND isfinite(m.value)
+)
+SELECT run_id, key, least(floor((x - ?) * ? / ?), ? - 1)::BIGINT AS bucket,
+       arg_min(x, value) AS x_lo, min(value) AS lo, arg_max(x, value) AS x_hi, max(value) AS hi
+FROM pts WHERE x BETWEEN ? AND ? AND x > after
+GROUP BY ALL ORDER BY ALL
+"""
+
+EXTENTS_SQL = """
+SELECT s.run_id, s.key, s.first_step, s.last_step, epoch_ms(r.started_at), epoch_ms(s.last_ts)
 FROM metric_summary s JOIN runs r ON r.run_id = s.run_id
 WHERE s.run_id IN (SELECT unnest(?::VARCHAR[])) AND s.key IN (SELECT unnest(?::VARCHAR[]))
 """
@@ -96,118 +111,156 @@ def facets(conn) -> dict[str, list[str]]:
 
 
 def list_runs(conn, where: str, args: list, now, keys: list[str], run_ids: list[str] | None = None):
-    """The runs table for a WHERE clause (from the filters), with ``keys`` summary columns."""
-    clauses = [where] if where else []
-    call_args = [now, *args]
+    """The runs table for a WHERE clause (from the filters), newest first.
+
+    Columns: ``BASE_COLUMNS`` (``run_id`` and hidden ``created`` last),
+    ``last:<key>``/``best:<key>`` from ``metric_summary`` for each of ``keys``
+    and ``param:<name>`` for every param of the listed runs (numbers as
+    floats, anything else as text). Everything is shaped in DuckDB; names
+    and values only ever travel as ``?`` parameters.
+    """
+    clauses, where_args = ([where], list(args)) if where else ([], [])
     if run_ids is not None:
-        clauses.append("run_id IN (SELECT unnest(?::VARCHAR[]))")
-        call_args.append(list(run_ids))
-    sql = LIST_SQL.format(where=("WHERE " + " AND ".join(clauses)) if clauses else "")
-    base = conn.execute(sql, call_args).df()
-    summary = None
-    if keys and len(base):
-        runs = "AND run_id IN (SELECT unnest(?::VARCHAR[]))" if run_ids is not None else ""
-        summary_args = [list(keys)] + ([list(run_ids)] if run_ids is not None else [])
-        summary = conn.execute(SUMMARY_SQL.format(runs=runs), summary_args).df()
-    return runs_frame(base, summary, keys)
+        clauses.append("runs.run_id IN (SELECT unnest(?::VARCHAR[]))")
+        where_args.append(list(run_ids))
+    where_sql = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    structure = conn.execute(f"SELECT json_group_structure(runs.params) FROM runs {where_sql}",
+                             where_args).fetchone()[0]
+    params = _param_kinds(structure)
+    select, select_args, joins, join_args, names = [BASE_SELECT], [now], [], [], {}
+    for j, key in enumerate(keys):
+        joins.append(f"LEFT JOIN metric_summary s{j} ON s{j}.run_id = runs.run_id AND s{j}.key = ?")
+        join_args.append(key)
+        select.append(f"s{j}.last_value AS m{j}_last, s{j}.{BEST_COLUMN[best_goal(key)]} AS m{j}_best")
+        names.update({f"m{j}_last": f"last:{key}", f"m{j}_best": f"best:{key}"})
+    for i, (name, numeric) in enumerate(params):
+        text = "json_extract_string(runs.params, ?)"
+        select.append(f"{f'TRY_CAST({text} AS DOUBLE)' if numeric else text} AS p{i}")
+        select_args.append(json_pointer(name))
+        names[f"p{i}"] = param_column(name)
+    sql = (f"SELECT {', '.join(select)} FROM runs {' '.join(joins)} {where_sql} "
+           "ORDER BY runs.created_at DESC, runs.run_id")
+    frame = conn.execute(sql, select_args + join_args + where_args).df().rename(columns=names)
+    return _order_columns(frame)
 
 
-def _param_values(values: list) -> pd.Series | list:
-    """One param column: floats when every value is a number, else text."""
-    present = [v for v in values if v is not None]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
-    if numeric:
-        return pd.array([np.nan if v is None else float(v) for v in values], dtype="float64")
-    return [None if v is None else _as_text(v) for v in values]
+def _param_kinds(structure: str | None) -> list[tuple[str, bool]]:
+    """(name, is numeric) for each param in a ``json_group_structure`` result, sorted by name."""
+    try:
+        shape = json.loads(structure) if structure else {}
+    except ValueError:
+        return []
+    if not isinstance(shape, dict):
+        return []
+    return sorted((name, kind in NUMERIC_JSON) for name, kind in shape.items())
 
 
-def _as_text(value) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
+def json_pointer(name: str) -> str:
+    """The JSON pointer (RFC 6901) of a top-level key, for json_extract's path argument."""
+    return "/" + name.replace("~", "~0").replace("/", "~1")
 
 
-def runs_frame(base: pd.DataFrame, summary: pd.DataFrame | None, keys: list[str]) -> pd.DataFrame:
-    """Widen the base rows with one column per param and last/best columns per metric key."""
-    params = [json.loads(p) if isinstance(p, str) else {} for p in base.pop("params")]
-    params = [p if isinstance(p, dict) else {} for p in params]
-    base = base.reindex(columns=BASE_COLUMNS).reset_index(drop=True)
-    head, tail = base[BASE_COLUMNS[:7]], base[BASE_COLUMNS[7:]]
-    columns = {}
+def _order_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    head, tail = BASE_COLUMNS[:7], BASE_COLUMNS[7:]
+    middle = [c for c in frame.columns if c not in BASE_COLUMNS]
+    metrics = [c for c in middle if not c.startswith("param:")]
+    params = [c for c in middle if c.startswith("param:")]
+    return frame[head + metrics + params + tail]
+
+
+def empty_runs(keys: list[str]) -> pd.DataFrame:
+    """A runs table with no rows (no store yet)."""
+    columns = {c: pd.Series([], dtype="object") for c in BASE_COLUMNS}
     for key in keys:
-        columns[f"last:{key}"] = np.full(len(base), np.nan)
-        columns[f"best:{key}"] = np.full(len(base), np.nan)
-    names = sorted({name for p in params for name in p})
-    columns.update({param_column(n): _param_values([p.get(n) for p in params]) for n in names})
-    frame = pd.concat([head, pd.DataFrame(columns, index=base.index), tail], axis=1)
-    if summary is not None and len(summary):
-        _fill_metrics(frame, summary, keys)
-    return frame
+        columns[f"last:{key}"] = pd.Series([], dtype="float64")
+        columns[f"best:{key}"] = pd.Series([], dtype="float64")
+    return _order_columns(pd.DataFrame(columns))
 
 
-def _fill_metrics(frame: pd.DataFrame, summary: pd.DataFrame, keys: list[str]) -> None:
-    position = pd.Series(np.arange(len(frame)), index=frame["run_id"].to_numpy())
-    for key, rows in summary.groupby("key"):
-        if key not in keys:
-            continue
-        rows = rows[rows["run_id"].isin(position.index)]
-        at = position.loc[rows["run_id"].to_numpy()].to_numpy()
-        best = rows["min_value"] if best_goal(key) == "min" else rows["max_value"]
-        frame.loc[at, f"last:{key}"] = rows["last_value"].to_numpy(dtype="float64")
-        frame.loc[at, f"best:{key}"] = best.to_numpy(dtype="float64")
+def series_extents(conn, run_ids: list[str], keys: list[str], x: str):
+    """Per (run, key): its (first, last) x from ``metric_summary``; and each run's start (epoch ms)."""
+    extents, starts = {}, {}
+    for run_id, key, first, last, start, last_ms in conn.execute(EXTENTS_SQL, [list(run_ids), list(keys)]).fetchall():
+        start = float(start) if start is not None else float(last_ms or 0)
+        starts[run_id] = start
+        if x == "step":
+            extents[(run_id, key)] = (float(first), float(last))
+        elif x == "wall":
+            extents[(run_id, key)] = (start, float(last_ms))
+        else:
+            extents[(run_id, key)] = (0.0, (float(last_ms) - start) / 1000.0)
+    return extents, starts
 
 
-def metric_bounds(conn, run_ids: list[str], keys: list[str]) -> dict[str, tuple[float, float] | None]:
-    """The full x extent of these runs' metrics for each x kind, from ``metric_summary``."""
-    row = conn.execute(BOUNDS_SQL, [list(run_ids), list(keys)]).fetchone()
-    if row is None or row[0] is None:
-        return {"step": None, "wall": None, "relative": None}
-    first, last, wall0, wall1, rel1 = row
-    return {
-        "step": (float(first), float(last)),
-        "wall": (float(wall0), float(wall1)) if wall0 is not None and wall1 is not None else None,
-        "relative": (0.0, float(rel1 or 0.0)),
-    }
-
-
-def x_offsets(conn, run_ids: list[str]) -> dict[str, float]:
-    """Each run's start as epoch milliseconds (the origin of the relative-time axis)."""
-    rows = conn.execute(
-        "SELECT run_id, epoch_ms(started_at) FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
-        [list(run_ids)],
-    ).fetchall()
-    return {run_id: float(start or 0) for run_id, start in rows}
-
-
-def downsample(conn, run_ids, offsets, keys, x: str, window: tuple[float, float], width: int) -> pd.DataFrame:
-    """Points of ``keys`` for ``run_ids`` inside ``window``: min and max per bucket.
+def downsample(conn, pairs, starts, x: str, window: tuple[float, float], width: int, after=None) -> pd.DataFrame:
+    """Points of each (run, key) in ``pairs`` inside ``window``: min and max per bucket.
 
     The window is cut into ``width`` buckets; each bucket contributes its
     lowest and highest point (one point when it holds one), so at most
     ``2 * width`` points come back per run and key, and a spike always does.
+    ``after`` maps a pair to an x its points must exceed (a live chart's tail).
     """
+    if not pairs:
+        return _bucket_points(None)
+    if x in FAST_X and not after:
+        return _fast_downsample(conn, pairs, x, window, width)
     x0, x1 = window
-    span = max(x1 - x0, 1e-9)
-    sql = DOWNSAMPLE_SQL.format(x=X_EXPRESSIONS[x])
-    offs = [offsets.get(r, 0.0) for r in run_ids]
-    args = [list(run_ids), offs, list(keys), x0, float(width), span, float(width), x0, x1]
-    buckets = conn.execute(sql, args).df()
-    return _bucket_points(buckets)
+    after = after or {}
+    lows = [after.get(pair, -math.inf) for pair in pairs]
+    offs = [starts.get(run_id, 0.0) for run_id, _key in pairs]
+    sql = JOINED_DOWNSAMPLE_SQL.format(x=X_EXPRESSIONS[x], raw=RAW_RANGES[x])
+    args = [[p[0] for p in pairs], [p[1] for p in pairs], offs, lows, *_raw_range(x, x0, x1, lows, offs),
+            x0, float(width), max(x1 - x0, 1e-9), float(width), x0, x1]
+    return _bucket_points(conn.execute(sql, args).fetchnumpy())
 
 
-def _bucket_points(buckets: pd.DataFrame) -> pd.DataFrame:
-    if not len(buckets):
+def _fast_downsample(conn, pairs, x: str, window: tuple[float, float], width: int) -> pd.DataFrame:
+    run_ids = sorted({p[0] for p in pairs})
+    keys = sorted({p[1] for p in pairs})
+    lo, hi = int(math.floor(window[0])), int(math.floor(window[1]))
+    one_key = len(keys) == 1
+    sql = FAST_DOWNSAMPLE_SQL.format(
+        x=FAST_X[x], raw=RAW_RANGES[x],
+        key_column="" if one_key else "m.key, ",
+        key_filter="m.key = ?" if one_key else "m.key IN (SELECT unnest(?::VARCHAR[]))",
+    )
+    args = [run_ids, run_ids, lo, width, hi - lo + 1, keys[0] if one_key else keys, lo, hi + 1]
+    columns = conn.execute(sql, args).fetchnumpy()
+    columns["run_id"] = np.asarray(run_ids, dtype=object)[np.asarray(columns["ri"], dtype=np.int64)]
+    if one_key:
+        columns["key"] = np.full(len(columns["run_id"]), keys[0], dtype=object)
+    return _bucket_points(columns)
+
+
+def _raw_range(x: str, x0: float, x1: float, lows: list[float], offs: list[float]) -> list:
+    """The window as [lo, hi) on the stored column (step, or ts in epoch ms)."""
+    if x == "relative":
+        lo = min(off + max(x0, low) * 1000.0 for off, low in zip(offs, lows, strict=True))
+        hi = max(off + x1 * 1000.0 for off in offs)
+    else:
+        lo, hi = max(x0, min(lows)), x1
+    return [int(math.floor(lo)), int(math.floor(hi)) + 1]
+
+
+def _bucket_points(columns) -> pd.DataFrame:
+    """Two points per bucket (its min and max, in x order; one when they coincide).
+
+    ``columns`` holds run_id, key, x_lo, lo, x_hi, hi, ordered by run, key and bucket.
+    """
+    if columns is None or not len(columns["run_id"]):
         return pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []})
-    single = buckets["n"].to_numpy() == 1
-    lo = pd.DataFrame({
-        "run_id": buckets["run_id"], "key": buckets["key"],
-        "x": np.where(single, buckets["x_first"], buckets["x_lo"]), "value": buckets["lo"],
+    x_lo, x_hi = np.asarray(columns["x_lo"]), np.asarray(columns["x_hi"])
+    lo, hi = np.asarray(columns["lo"], dtype="float64"), np.asarray(columns["hi"], dtype="float64")
+    first = x_lo <= x_hi
+    xs = np.column_stack([np.where(first, x_lo, x_hi), np.where(first, x_hi, x_lo)])
+    values = np.column_stack([np.where(first, lo, hi), np.where(first, hi, lo)])
+    keep = np.column_stack([np.ones(len(first), bool), x_lo != x_hi]).ravel()
+    run_ids = np.repeat(np.asarray(columns["run_id"], dtype=object), 2)[keep]
+    keys = np.repeat(np.asarray(columns["key"], dtype=object), 2)[keep]
+    return pd.DataFrame({
+        "run_id": pd.Series(run_ids, dtype=object), "key": pd.Series(keys, dtype=object),
+        "x": xs.ravel()[keep], "value": values.ravel()[keep],
     })
-    hi = buckets.loc[~single]
-    hi = pd.DataFrame({"run_id": hi["run_id"], "key": hi["key"], "x": hi["x_hi"], "value": hi["hi"]})
-    points = pd.concat([lo, hi], ignore_index=True)
-    points = points.drop_duplicates(["run_id", "key", "x"])
-    return points.sort_values(["run_id", "key", "x"], kind="stable").reset_index(drop=True)
 
 
 def ema(values: np.ndarray, weight: float) -> np.ndarray:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import param
@@ -24,15 +26,27 @@ from notebook_exp.store import get_store, utcnow
 from . import queries
 from .filters import FilterError, FilterNames, compile_filter
 
-__all__ = ["DEFAULT_WIDTH", "FilterError", "ViewerState"]
+__all__ = ["DEFAULT_WIDTH", "FilterError", "SeriesData", "ViewerState"]
 
 DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucket
 DEFAULT_METRIC_COLUMNS = 3
 EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
 FILTER_PARAMS = ("experiments", "statuses", "tags", "text", "expression", "metric_columns")
 TELEMETRY_PREFIXES = ("sys/", "gpu/")
+READ_GAP = 0.012  # seconds between two read sessions of this process on one store
 MAX_IMAGES = 24
 MAX_IMAGES_PER_KEY = 8
+
+
+_last_read: dict[Path, float] = {}  # store path -> when this process last detached it
+
+
+class SeriesData(NamedTuple):
+    """What ``ViewerState.series`` read, in one session (so consistent with each other)."""
+
+    points: pd.DataFrame  # run_id, key, x, value: min and max per bucket
+    full: tuple[float, float] | None  # x extent of all the series
+    extents: dict  # (run_id, key) -> (first x, last x) when read
 
 
 class ViewerState(param.Parameterized):
@@ -61,9 +75,17 @@ class ViewerState(param.Parameterized):
         return get_store(self.store_path)
 
     def _read(self, work, default):
-        """Run ``work(conn)`` in one short read-only session; ``default`` if no store yet."""
+        """Run ``work(conn)`` in one short read-only session; ``default`` if no store yet.
+
+        Consecutive sessions of this process on one file are spaced by
+        ``READ_GAP``: a writer retrying its lock every 2-10 ms gets in between
+        them instead of waiting out a whole burst of reads (a page load).
+        """
         if not self.store_path.exists():
             return default
+        wait = _last_read.get(self.store_path, 0.0) + READ_GAP - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         try:
             with self.store.session(write=False, timeout=self.lock_timeout) as conn:
                 return work(conn)
@@ -71,6 +93,8 @@ class ViewerState(param.Parameterized):
             if not self.store_path.exists():
                 return default
             raise
+        finally:
+            _last_read[self.store_path] = time.monotonic()
 
     # -- filters and the runs list --------------------------------------------
     def facets(self, refresh: bool = False) -> dict[str, list[str]]:
@@ -107,12 +131,22 @@ class ViewerState(param.Parameterized):
             clauses.append(f"contains(lower({fields}), ?)")
             args.append(text)
         if values["expression"].strip():
-            facets = self.facets(refresh=True)
-            names = FilterNames(facets["params"], facets["metrics"], utcnow())
-            sql, expr_args = compile_filter(values["expression"], names)
+            sql, expr_args = self._compile(values["expression"])
             clauses.append(sql)
             args.extend(expr_args)
         return " AND ".join(f"({c})" for c in clauses), args
+
+    def _compile(self, expression: str) -> tuple[str, list]:
+        """Compile against the known names; re-read them once if a name is unknown (new runs)."""
+        def names(facets: dict) -> FilterNames:
+            return FilterNames(facets["params"], facets["metrics"], utcnow())
+
+        try:
+            return compile_filter(expression, names(self.facets()))
+        except FilterError as exc:
+            if "unknown" not in str(exc):
+                raise
+        return compile_filter(expression, names(self.facets(refresh=True)))
 
     def list_runs(self, **overrides) -> pd.DataFrame:
         """The runs table for the filters (newest first); never scans ``metrics``."""
@@ -120,7 +154,7 @@ class ViewerState(param.Parameterized):
         keys = list(overrides.get("metric_columns", self.metric_columns))
         return self._read(
             lambda conn: queries.list_runs(conn, where, args, utcnow(), keys),
-            queries.runs_frame(_empty_base(), None, keys),
+            queries.empty_runs(keys),
         )
 
     def update_filters(self, **changes) -> pd.DataFrame:
@@ -138,11 +172,11 @@ class ViewerState(param.Parameterized):
     def rows(self, run_ids: list[str]) -> pd.DataFrame:
         """Fresh rows (same columns as ``list_runs``) for these runs, ignoring filters."""
         if not run_ids:
-            return queries.runs_frame(_empty_base(), None, list(self.metric_columns))
+            return queries.empty_runs(list(self.metric_columns))
         keys = list(self.metric_columns)
         return self._read(
             lambda conn: queries.list_runs(conn, "", [], utcnow(), keys, run_ids=list(run_ids)),
-            queries.runs_frame(_empty_base(), None, keys),
+            queries.empty_runs(keys),
         )
 
     def new_runs(self, known: set[str], since) -> pd.DataFrame:
@@ -154,37 +188,45 @@ class ViewerState(param.Parameterized):
         keys = list(self.metric_columns)
         frame = self._read(
             lambda conn: queries.list_runs(conn, where, args, utcnow(), keys),
-            queries.runs_frame(_empty_base(), None, keys),
+            queries.empty_runs(keys),
         )
-        return frame[~frame["run_id"].isin(known)].reset_index(drop=True)
+        fresh = [run_id not in known for run_id in frame["run_id"].tolist()]
+        return frame[fresh].reset_index(drop=True)
 
     def count_runs(self) -> int:
         return self._read(lambda conn: conn.execute("SELECT count(*) FROM runs").fetchone()[0], 0)
 
     # -- charts -----------------------------------------------------------------
-    def series(self, run_ids, keys, x: str = "step", window=None, width: int = DEFAULT_WIDTH):
-        """Downsampled points (run_id, key, x, value) and the full x extent of the data.
+    def series(self, run_ids, keys, x: str = "step", window=None, width: int = DEFAULT_WIDTH, after=None):
+        """Downsampled points (run_id, key, x, value), the full x extent, and each series' extent.
 
         ``x`` is ``"step"``, ``"wall"`` (epoch ms) or ``"relative"`` (seconds
         since the run started); ``window`` is an (x0, x1) range or ``None``
-        for everything.
+        for everything; ``after`` maps (run_id, key) to an x whose points and
+        earlier ones are left out (what a live chart already has).
         """
         if x not in queries.X_EXPRESSIONS:
             raise ValueError(f"x must be one of {sorted(queries.X_EXPRESSIONS)}, not {x!r}")
-        empty = pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []})
+        empty = SeriesData(pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []}), None, {})
         run_ids, keys = list(run_ids), list(keys)
         if not run_ids or not keys:
-            return empty, None
+            return empty
 
         def work(conn):
-            full = queries.metric_bounds(conn, run_ids, keys)[x]
+            extents, starts = queries.series_extents(conn, run_ids, keys, x)
+            full = _union(extents.values())
             if full is None:
-                return empty, None
-            offsets = queries.x_offsets(conn, run_ids) if x == "relative" else {}
+                return empty
+            pairs = [(r, k) for r in run_ids for k in keys if (r, k) in extents]
             span = window if window is not None else full
-            return queries.downsample(conn, run_ids, offsets, keys, x, span, width), full
+            points = queries.downsample(conn, pairs, starts, x, span, width, after)
+            return SeriesData(points, full, extents)
 
-        return self._read(work, (empty, None))
+        return self._read(work, empty)
+
+    def series_extents(self, run_ids, keys, x: str = "step") -> dict:
+        """(first, last) x of each (run_id, key) from ``metric_summary`` (no metric scan)."""
+        return self._read(lambda conn: queries.series_extents(conn, list(run_ids), list(keys), x)[0], {})
 
     def metric_keys(self, run_ids: list[str]) -> list[str]:
         """Metric keys logged by any of these runs."""
@@ -295,6 +337,13 @@ class ViewerState(param.Parameterized):
         return buffer.getvalue()
 
 
+def _union(extents) -> tuple[float, float] | None:
+    extents = list(extents)
+    if not extents:
+        return None
+    return min(e[0] for e in extents), max(e[1] for e in extents)
+
+
 def _load_params(value) -> dict:
     if isinstance(value, dict):
         return value
@@ -303,10 +352,6 @@ def _load_params(value) -> dict:
     except ValueError:
         return {}
     return loaded if isinstance(loaded, dict) else {}
-
-
-def _empty_base() -> pd.DataFrame:
-    return pd.DataFrame({c: [] for c in [*queries.BASE_COLUMNS, "params"]})
 
 
 def _empty_export():

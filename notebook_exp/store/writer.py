@@ -27,6 +27,9 @@ from . import schema
 log = logging.getLogger("notebook_exp.store")
 
 DEFAULT_HOLD = 0.25
+#: Metric points per transaction at most, so one commit never swallows a whole backlog
+#: (keeps commits, and so readers' waits, short when logging outruns the disk).
+MAX_TXN_POINTS = 200_000
 #: Pause after a window that ended with work still queued, so waiting readers
 #: (which retry every 2-10 ms) get the file before the writer takes it again.
 READER_GAP = 0.015
@@ -118,11 +121,19 @@ class StoreWriter:
 
     # -- the thread ---------------------------------------------------------
     def _take(self, block: bool) -> list:
+        """The next transaction's ops, in order: everything queued, but at most
+        ``MAX_TXN_POINTS`` metric points (always at least one op)."""
         with self._cond:
             while block and not self._queue and not self._stopping:
                 self._cond.wait()
-            ops = list(self._queue)
-            self._queue.clear()
+            ops, points = [], 0
+            while self._queue:
+                seq, op = self._queue[0]
+                if op[0] == "metrics":
+                    if ops and points + len(op[1]) > MAX_TXN_POINTS:
+                        break
+                    points += len(op[1])
+                ops.append(self._queue.popleft())
             return ops
 
     def _loop(self) -> None:

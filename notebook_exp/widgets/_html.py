@@ -5,10 +5,7 @@ from __future__ import annotations
 import html
 import math
 
-STATUS_COLOURS = {
-    "queued": "#6c757d", "running": "#0d6efd", "completed": "#198754",
-    "failed": "#dc3545", "cancelled": "#fd7e14",
-}
+from .._style import STATUS_COLORS
 
 
 def esc(value) -> str:
@@ -16,7 +13,7 @@ def esc(value) -> str:
 
 
 def badge(status: str) -> str:
-    colour = STATUS_COLOURS.get(status, "#6c757d")
+    colour = STATUS_COLORS.get(status, "#7f7f7f")
     return (f'<span style="background:{colour};color:white;border-radius:4px;padding:1px 6px;'
             f'font-size:90%">{esc(status)}</span>')
 

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from viewer_support import make_sample_store, start_viewer, stop_process  # noqa: E402
 
+EXPECT_TIMEOUT_MS = 20_000  # a loaded 2-core machine renders slowly; assertions retry until then
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -59,8 +61,9 @@ def viewer(browser_store):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium
@@ -91,7 +94,7 @@ class PageWatch:
 def page(browser, viewer):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(EXPECT_TIMEOUT_MS)
     page.watch = PageWatch(page, viewer)
     yield page
     context.close()

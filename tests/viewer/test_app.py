@@ -76,3 +76,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def test_state_reads_through_the_process_store(sample):
     assert ViewerState(sample[0]).store is get_store(sample[0])
+
+
+def test_front_door_names():
+    import notebook_exp_viewer
+
+    for name in notebook_exp_viewer.__all__:
+        assert callable(getattr(notebook_exp_viewer, name))
+    assert 1024 <= notebook_exp_viewer.free_port() <= 65535

@@ -33,6 +33,9 @@ CURVES_JS = """() => {
 }"""
 
 
+RANGES_JS = CURVES_JS.replace("out.push(x.length)", "out.push([Math.min(...x), Math.max(...x)])")
+
+
 def open_viewer(page, url: str) -> None:
     page.goto(url)
     rows(page).first.wait_for()
@@ -56,6 +59,18 @@ def run_row(page, name: str):
 
 def curves(page) -> list[int]:
     return page.evaluate(CURVES_JS)
+
+
+def curve_ranges(page) -> list[tuple[float, float]]:
+    return [tuple(r) for r in page.evaluate(RANGES_JS)]
+
+
+def zoom_in(page, canvas, clicks: int = 4) -> None:
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(clicks):
+        page.mouse.wheel(0, -300)
+        time.sleep(0.1)
 
 
 def wait_for(predicate, timeout: float = 20.0, every: float = 0.2):
@@ -98,6 +113,9 @@ def test_compare_two_runs(page, viewer):
     page.get_by_role("button", name="Compare selected (2)").click()
     lines = wait_for(lambda: [n for n in curves(page) if n > 0] if len(curves(page)) == 2 else None)
     assert lines and len(lines) == 2 and all(n == 200 for n in lines), curves(page)
+    zoom_in(page, page.locator(".nx-compare-chart canvas").first)
+    refined = wait_for(lambda: [x for x in curve_ranges(page) if x[1] - x[0] < 150])
+    assert len(refined) == 2, curve_ranges(page)  # the zoomed window was read again from the store
     diff = page.locator(".nx-params-diff .tabulator-row")
     expect(diff).to_have_count(1)  # lr differs; bs, opt and layers are the same
     expect(diff.first.locator('[tabulator-field="param"]')).to_have_text("lr")

@@ -42,7 +42,7 @@ def test_runs_table_selection_and_filter_keep_selection(state, sample):
     table = RunsTable(state, on_open_run=opened.append)
     table.select([ids["lr-0.1"], ids["lr-0.01"]])
     assert sorted(state.selected) == sorted([ids["lr-0.1"], ids["lr-0.01"]])
-    assert table.compare_button.name == "Compare selected (2)"
+    assert table.compare_button.label == "Compare selected (2)"
     table.expression.value = "lr < 0.05"
     assert set(table.table.value["run_id"]) == {ids["lr-0.01"], ids["lr-0.001"]}
     assert state.selected == [ids["lr-0.01"]]  # the selected run still listed stays selected
@@ -107,9 +107,10 @@ def test_metric_chart_lines_zoom_and_reset(state, sample):
     full = curves(chart)
     assert len(full) == 2 and all(0 < n <= 100 for n in full.values())
     assert [item.label.value for item in chart.figure.legend[0].items] == ["a", "b"]
-    chart._on_ranges(types.SimpleNamespace(x0=10, x1=30))
-    zoomed = curves(chart)
-    assert chart.window == (10.0, 30.0) and all(n == 21 for n in zoomed.values())
+    chart._on_ranges(types.SimpleNamespace(x0=20, x1=40))
+    zoomed = curves(chart)  # the window and a quarter of its width more on each side
+    assert chart.window == (20.0, 40.0) and all(n == 31 for n in zoomed.values())
+    assert chart.points["x"].min() == 15 and chart.points["x"].max() == 45
     chart._on_reset(None)
     assert chart.window is None and curves(chart) == full
     chart.smoothing.value = 0.9
@@ -119,6 +120,38 @@ def test_metric_chart_lines_zoom_and_reset(state, sample):
     assert type(chart.figure.y_scale).__name__ == "LogScale"
     chart.x_kind.value = "wall"
     assert type(chart.figure.xaxis[0]).__name__ == "DatetimeAxis" and sum(curves(chart).values())
+
+
+def test_metric_chart_grows_with_a_live_run(tmp_path):
+    import notebook_exp as nx
+    from notebook_exp.store import close_all
+
+    path = tmp_path / "grow.duckdb"
+    live = nx.start_run("live", store=path)
+    try:
+        def log(steps):
+            for step in steps:
+                live.log(loss=1.0 / (step + 1), step=step)
+            live.flush()
+
+        log(range(100))
+        chart = MetricChart(ViewerState(path), width=50)
+        chart.set_series([live.run_id], ["loss"])
+        assert chart.points["x"].max() == 99 and len(chart.points) <= 100
+        log(range(100, 140))
+        chart.refresh()  # only the tail is read and appended
+        xs = chart.points["x"]
+        assert xs.max() == 139 and xs.is_unique and set(range(100, 140)) <= set(xs)
+        before = chart.points
+        chart.refresh()  # nothing new: the points stay as they are
+        assert chart.points is before
+        log(range(140, 400))
+        chart.refresh()  # the extent more than doubled: everything is re-bucketed
+        assert chart.points["x"].max() == 399 and len(chart.points) <= 100
+        assert sum(curves(chart).values()) == len(chart.points)
+    finally:
+        live.end()
+        close_all()
 
 
 def test_params_diff_only_differing():
@@ -193,3 +226,12 @@ def test_app_wiring(sample):
     app.refresh()
     assert app.status.object == ""
     assert XSS_NAME not in app.layout().objects[0].objects[0].object
+
+
+def test_app_on_a_store_that_does_not_exist_yet(tmp_path):
+    app = ViewerApp(ViewerState(tmp_path / "later.duckdb"))
+    assert len(app.runs.table.value) == 0 and "0 runs" in app.runs.count.object
+    app.refresh()
+    app.open_compare()
+    assert "Select runs" in app.compare.note.object
+    assert not (tmp_path / "later.duckdb").exists()

@@ -78,14 +78,14 @@ def test_rows_and_new_runs(state, sample):
 def test_series_full_and_window(state, sample):
     ids = sample[1]
     run_ids = [ids["lr-0.1"], ids["lr-0.01"]]
-    points, full = state.series(run_ids, ["loss"], "step")
-    assert full == (0.0, 199.0)
+    points, full, extents = state.series(run_ids, ["loss"], "step")
+    assert full == (0.0, 199.0) and extents[(run_ids[0], "loss")] == (0.0, 199.0)
     assert points.groupby("run_id").size().to_dict() == {r: 200 for r in run_ids}
-    window, _ = state.series(run_ids, ["loss"], "step", window=(50, 60))
+    window = state.series(run_ids, ["loss"], "step", window=(50, 60)).points
     assert window["x"].between(50, 60).all() and len(window) == 22
-    wall, wall_full = state.series(run_ids, ["loss"], "wall")
+    wall, wall_full, _ = state.series(run_ids, ["loss"], "wall")
     assert wall_full[0] < wall_full[1] and len(wall)
-    relative, rel_full = state.series(run_ids, ["loss"], "relative")
+    relative, rel_full, _ = state.series(run_ids, ["loss"], "relative")
     assert rel_full[0] == 0 and (relative["x"] >= 0).all()
     with pytest.raises(ValueError):
         state.series(run_ids, ["loss"], "bogus")
@@ -104,12 +104,12 @@ def test_downsampling_keeps_spikes_and_bounds_points(tmp_path):
             run.log(loss=float(value), step=step)
     close_all()
     state = ViewerState(path)
-    points, full = state.series([run.run_id], ["loss"], "step", width=500)
+    points, full, _ = state.series([run.run_id], ["loss"], "step", width=500)
     assert full == (0.0, 49_999.0)
     assert len(points) <= 1000
     assert points["value"].max() == 50.0 and points["value"].min() == -40.0
     assert 12_345 in set(points["x"]) and 33_333 in set(points["x"])
-    zoom, _ = state.series([run.run_id], ["loss"], "step", window=(12_300, 12_400), width=500)
+    zoom = state.series([run.run_id], ["loss"], "step", window=(12_300, 12_400), width=500).points
     assert list(zoom["x"]) == list(range(12_300, 12_401))  # fewer points than buckets: all of them
 
 
@@ -160,7 +160,24 @@ def test_missing_store_reads_as_empty(tmp_path):
     state = ViewerState(tmp_path / "nothing-yet.duckdb")
     assert state.facets()["experiments"] == []
     assert len(state.list_runs()) == 0 and state.count_runs() == 0
-    assert state.series(["a"], ["loss"])[1] is None
+    assert state.series(["a"], ["loss"]).full is None
     assert state.run_overview("a") is None
     assert state.export_metrics(["a"], "csv").startswith(b'"run_name"')
     assert not (tmp_path / "nothing-yet.duckdb").exists()  # reading never creates the store
+
+
+def test_expression_sees_params_of_runs_that_appeared_later(tmp_path):
+    import notebook_exp as nx
+    from notebook_exp.store import close_all
+
+    path = tmp_path / "grow.duckdb"
+    with nx.start_run("first", store=path, params={"a": 1}):
+        pass
+    state = ViewerState(path)
+    assert state.facets()["params"] == ["a"]
+    with nx.start_run("second", store=path, params={"b": 2}):
+        pass
+    close_all()
+    assert list(state.list_runs(expression="b = 2")["name"]) == ["second"]
+    with pytest.raises(FilterError, match="unknown name 'c'"):
+        state.list_runs(expression="c = 1")

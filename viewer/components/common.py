@@ -18,21 +18,11 @@ import numpy as np
 import pandas as pd
 import panel as pn
 
-__all__ = [
-    "PALETTE", "STATUS_COLORS", "choice_options", "color_for", "format_value", "kv_table",
-    "message", "preferred_key", "text_block", "title",
-]
+from notebook_exp._style import PALETTE, STATUS_COLORS
 
-STATUS_COLORS = {
-    "queued": "#7f7f7f",
-    "running": "#1f77b4",
-    "completed": "#2ca02c",
-    "failed": "#d62728",
-    "cancelled": "#ff7f0e",
-}
-PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+__all__ = [
+    "PALETTE", "STATUS_COLORS", "choice_options", "color_for", "format_value", "heading", "kv_table",
+    "message", "preferred_key", "text_block", "title",
 ]
 
 
@@ -92,6 +82,11 @@ def kv_table(rows: Iterable[tuple[str, object]], css_class: str = "nx-kv") -> st
         for k, v in rows
     )
     return f'<table class="{css_class}">{cells}</table>'
+
+
+def heading(text: str) -> pn.pane.HTML:
+    """A section heading (escaped)."""
+    return pn.pane.HTML(f'<h3 style="margin: 12px 0 4px 0">{html.escape(text)}</h3>', sizing_mode="stretch_width")
 
 
 def message(text: str, kind: str = "info") -> str:

@@ -14,10 +14,10 @@ class MetricsExport:
 
     def __init__(self, state) -> None:
         self.state = state
-        self.format = pn.widgets.RadioButtonGroup(name="format", options=["csv", "parquet"], value="csv")
+        self.format = pn.widgets.RadioButtonGroup(label="format", options=["csv", "parquet"], value="csv")
         self.download = pn.widgets.FileDownload(
             callback=self._file, filename="metrics.csv", label="Download metrics",
-            button_type="default", css_classes=["nx-export"], width=220,
+            color="default", css_classes=["nx-export"], width=220,
         )
         self.format.param.watch(self._on_format, "value")
 

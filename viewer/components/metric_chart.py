@@ -10,6 +10,8 @@ a running run's curve grows.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import panel as pn
@@ -25,7 +27,9 @@ __all__ = ["X_LABELS", "MetricChart"]
 
 X_LABELS = {"step": "step", "wall": "wall time (UTC)", "relative": "time since start (s)"}
 MARKS_UP_TO = 60  # draw point markers on series this short (a single point has no line)
-FULL_WINDOW = 0.999  # a window covering this much of the extent counts as "everything"
+FULL_WINDOW = 0.999
+GROW_REBUCKET = 2.0
+WINDOW_MARGIN = 0.25  # a zoomed chart reads this fraction of its width more on each side  # re-bucket a live chart once its extent has doubled  # a window covering this much of the extent counts as "everything"
 
 
 class MetricChart:
@@ -43,13 +47,15 @@ class MetricChart:
         self.labels: dict[str, str] = {}
         self.window: tuple[float, float] | None = None
         self.full: tuple[float, float] | None = None
+        self.base_span: float | None = None  # x span bucketed by the last full read
+        self.seen: dict = {}  # (run_id, key) -> its extent when last read
         self.points = pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []})
         self.sources: dict[tuple[str, str], tuple[ColumnDataSource, ColumnDataSource]] = {}
         self.marks: dict[tuple[str, str], object] = {}
-        self.x_kind = pn.widgets.Select(name="x axis", options={v: k for k, v in X_LABELS.items()},
+        self.x_kind = pn.widgets.Select(label="x axis", options={v: k for k, v in X_LABELS.items()},
                                         value="step", width=170)
-        self.log_y = pn.widgets.Checkbox(name="log scale", value=False, width=100)
-        self.smoothing = pn.widgets.FloatSlider(name="smoothing (EMA)", start=0.0, end=0.99, step=0.01,
+        self.log_y = pn.widgets.Checkbox(label="log scale", value=False, width=100)
+        self.smoothing = pn.widgets.FloatSlider(label="smoothing (EMA)", start=0.0, end=0.99, step=0.01,
                                                 value=0.0, width=200)
         self.note = pn.pane.HTML("", css_classes=["nx-chart-note"])
         self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", height=height, css_classes=[css_class])
@@ -79,9 +85,39 @@ class MetricChart:
         self.pane.object = self.figure
 
     def refresh(self) -> None:
-        """Re-read the current window (a live run's curve grows)."""
-        if self.run_ids and self.keys:
+        """Grow live curves: read only points newer than those shown.
+
+        Zoomed in, the window is re-read. Zoomed out, only ``metric_summary``
+        is read unless some series has new points; then just their tail is
+        downsampled (same bucket width) and appended. When the extent has
+        doubled since the last full read, everything is re-bucketed.
+        """
+        if not self.run_ids or not self.keys:
+            return
+        if self.window is not None or self.full is None or self.base_span is None:
             self._query()
+            return
+        extents = self.state.series_extents(self.run_ids, self.keys, self.x_kind.value)
+        last = {pair: extent[1] for pair, extent in self.seen.items()}
+        grown = {p: e for p, e in extents.items() if e[1] > last.get(p, -math.inf)}
+        if not grown:
+            return
+        full = (min(e[0] for e in extents.values()), max(e[1] for e in extents.values()))
+        if full[1] - full[0] > GROW_REBUCKET * self.base_span:
+            self._query()
+            return
+        low = min((last[p] for p in grown if p in last), default=full[0])
+        width = max(1, math.ceil(self.width * (full[1] - low) / self.base_span))
+        after = {p: last[p] for p in grown if p in last}
+        read = self.state.series(sorted({p[0] for p in grown}), sorted({p[1] for p in grown}),
+                                 self.x_kind.value, (low, full[1]), width, after=after)
+        tail = read.points[[p in grown for p in zip(read.points["run_id"], read.points["key"], strict=True)]]
+        self.seen.update({p: e for p, e in read.extents.items() if p in grown})
+        self.full = full
+        self.points = pd.concat([self.points, tail], ignore_index=True).sort_values(
+            ["run_id", "key", "x"], kind="stable", ignore_index=True)
+        self.note.object = ""
+        self._draw()
 
     # -- figure ------------------------------------------------------------------
     def _make_figure(self):
@@ -132,12 +168,22 @@ class MetricChart:
         if not self.run_ids or not self.keys:
             self.note.object = message("Nothing to plot.")
             return
-        points, full = self.state.series(self.run_ids, self.keys, self.x_kind.value, self.window, self.width)
+        points, full, self.seen = self.state.series(
+            self.run_ids, self.keys, self.x_kind.value, self._padded_window(), self.width)
         self.full = full
+        self.base_span = None if self.window is not None or full is None else max(full[1] - full[0], 1e-9)
         self.points = points
         self.note.object = "" if len(points) else message("No points logged for this selection yet.")
         self._ensure_sources()
         self._draw()
+
+    def _padded_window(self) -> tuple[float, float] | None:
+        """The zoom window with a margin each side, so a small pan still shows lines."""
+        if self.window is None:
+            return None
+        x0, x1 = self.window
+        margin = (x1 - x0) * WINDOW_MARGIN
+        return x0 - margin, x1 + margin
 
     def _draw(self) -> None:
         weight = float(self.smoothing.value)

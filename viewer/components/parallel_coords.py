@@ -74,8 +74,8 @@ class ParallelCoords:
         self.state = state
         self.height = height
         self.data: dict | None = None
-        self.metric = pn.widgets.Select(name="metric", options=[], width=200)
-        self.agg = pn.widgets.Select(name="value", options=list(AGGREGATES), value="last", width=90)
+        self.metric = pn.widgets.Select(label="metric", options=[], width=200)
+        self.agg = pn.widgets.Select(label="value", options=list(AGGREGATES), value="last", width=90)
         self.note = pn.pane.HTML("", css_classes=["nx-parcoords-note"])
         self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", height=height, css_classes=["nx-parcoords"])
         for widget in (self.metric, self.agg):

@@ -54,7 +54,7 @@ class ParamsDiff:
         self.run_ids: list[str] = []
         self.names: dict[str, str] = {}
         self.params: dict[str, dict] = {}
-        self.show_all = pn.widgets.Checkbox(name="show all params", value=False)
+        self.show_all = pn.widgets.Checkbox(label="show all params", value=False)
         self.note = pn.pane.HTML("", css_classes=["nx-params-note"])
         self.table = pn.widgets.Tabulator(
             pd.DataFrame({"param": []}), show_index=False, disabled=True, selectable=False,

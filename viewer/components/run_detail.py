@@ -14,6 +14,7 @@ from .common import (
     STATUS_COLORS,
     choice_options,
     format_value,
+    heading,
     kv_table,
     message,
     text_block,
@@ -42,7 +43,7 @@ class RunDetail:
         self.run_id: str | None = None
         self.status: str | None = None
         self._keys: list[str] = []
-        self.run_input = pn.widgets.TextInput(name="Run id", placeholder="paste a run id", width=260)
+        self.run_input = pn.widgets.TextInput(label="Run id", placeholder="paste a run id", width=260)
         self.run_input.param.watch(lambda e: e.new and self.show(e.new.strip()), "value")
         self.header = pn.pane.HTML(message("Click a run name on the Runs page to open it."),
                                    css_classes=["nx-run-header"], sizing_mode="stretch_width")
@@ -54,7 +55,7 @@ class RunDetail:
             selectable=False, sizing_mode="stretch_width", layout="fit_data_stretch",
             css_classes=["nx-events"],
         )
-        self.metric_keys = pn.widgets.MultiChoice(name="Metrics", options={}, value=[], width=420)
+        self.metric_keys = pn.widgets.MultiChoice(label="Metrics", options={}, value=[], width=420)
         self._choosing = False
         self.metric_keys.param.watch(lambda e: self._choosing or self._plot_metrics(), "value")
         self.chart = MetricChart(state, css_class="nx-run-chart")
@@ -67,8 +68,8 @@ class RunDetail:
 
     def panel(self) -> pn.viewable.Viewable:
         overview = pn.Column(
-            pn.Row(pn.Column("### Run", self.info), pn.Column("### Params", self.params)),
-            self.error, self.metric_keys, self.chart.panel(), "### Status history", self.events,
+            pn.Row(pn.Column(heading("Run"), self.info), pn.Column(heading("Params"), self.params)),
+            self.error, self.metric_keys, self.chart.panel(), heading("Status history"), self.events,
             sizing_mode="stretch_width",
         )
         system = pn.Column(self.telemetry_note, self.sys_chart.panel(controls=False),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import panel as pn
 from bokeh.models.widgets.tables import (
@@ -35,6 +36,7 @@ BASE_TITLES = {
     "gpus": "GPUs", "tags": "tags",
 }
 FACET_EVERY = 5
+NEW_RUN_LOOKBACK = pd.Timedelta(minutes=10)
 NAME_LINK_CSS = """
 .tabulator-cell[tabulator-field="name"] { color: #1a5fb4; cursor: pointer; text-decoration: underline; }
 """  # refreshes between re-reading the filter options
@@ -101,22 +103,22 @@ class RunsTable:
         state = self.state
         multi = dict(width=200, solid=False)
         self.experiments = pn.widgets.MultiChoice(
-            name="Experiment", options=choice_options(facets["experiments"]), value=list(state.experiments), **multi)
+            label="Experiment", options=choice_options(facets["experiments"]), value=list(state.experiments), **multi)
         self.statuses = pn.widgets.MultiChoice(
-            name="Status", options=choice_options(facets["statuses"] or list(STATUS_COLORS)),
+            label="Status", options=choice_options(facets["statuses"] or list(STATUS_COLORS)),
             value=list(state.statuses), **multi)
         self.tags = pn.widgets.MultiChoice(
-            name="Tags", options=choice_options(facets["tags"]), value=list(state.tags), **multi)
+            label="Tags", options=choice_options(facets["tags"]), value=list(state.tags), **multi)
         self.metrics = pn.widgets.MultiChoice(
-            name="Metric columns", options=choice_options(facets["metrics"]),
+            label="Metric columns", options=choice_options(facets["metrics"]),
             value=list(state.metric_columns), **multi)
-        self.text = pn.widgets.TextInput(name="Search", value=state.text, placeholder="name, id, tag, param", width=200)
+        self.text = pn.widgets.TextInput(label="Search", value=state.text, placeholder="name, id, tag, param", width=200)
         self.expression = pn.widgets.TextInput(
-            name="Filter (Enter to apply)", value=state.expression, width=320,
+            label="Filter (Enter to apply)", value=state.expression, width=320,
             placeholder="lr < 0.01 and loss < 0.2", css_classes=["nx-filter"])
         self.error = pn.pane.HTML("", css_classes=["nx-filter-error"], sizing_mode="stretch_width")
         self.count = pn.pane.HTML("", css_classes=["nx-count"])
-        self.compare_button = pn.widgets.Button(name="Compare selected (0)", button_type="primary", disabled=True)
+        self.compare_button = pn.widgets.Button(label="Compare selected (0)", color="primary", disabled=True)
         self.compare_button.on_click(lambda _event: self.on_compare and self.on_compare())
         watched = {
             self.experiments: "experiments", self.statuses: "statuses", self.tags: "tags",
@@ -177,7 +179,7 @@ class RunsTable:
 
     def _set_selected(self, run_ids: list[str]) -> None:
         self.state.selected = list(run_ids)
-        self.compare_button.name = f"Compare selected ({len(run_ids)})"
+        self.compare_button.label = f"Compare selected ({len(run_ids)})"
         self.compare_button.disabled = len(run_ids) < 1
 
     def select(self, run_ids: list[str]) -> None:
@@ -197,31 +199,36 @@ class RunsTable:
         if self._refreshes % FACET_EVERY == 0:
             self._refresh_options()
         value = self.table.value
-        live = value.loc[value["status"].isin(LIVE_STATUSES), "run_id"].tolist()
+        live = [r for r, st in zip(value["run_id"].tolist(), value["status"].tolist(), strict=True)
+                if st in LIVE_STATUSES]
         if live:
             self._patch_rows(self.state.rows(live))
-        since = value["created"].max() if len(value) else None
+        newest = value["created"].max() if len(value) else None
+        # look back a while: a run created earlier may commit later (another process's flush)
+        since = None if newest is None or pd.isna(newest) else newest - NEW_RUN_LOOKBACK
         try:
-            new = self.state.new_runs(set(value["run_id"]), None if pd.isna(since) else since)
+            new = self.state.new_runs(set(value["run_id"]), since)
         except FilterError:
             return
         if len(new):
             self._add_rows(new)
 
     def _patch_rows(self, fresh: pd.DataFrame) -> None:
+        """Patch only the cells that changed (vectorised: thousands of live runs stay cheap)."""
         value = self.table.value
-        index_of = pd.Series(value.index, index=value["run_id"].to_numpy())
+        positions = pd.Index(value["run_id"]).get_indexer(fresh["run_id"])
+        found = positions >= 0
+        fresh, positions = fresh[found], positions[found]
+        labels = value.index.to_numpy()[positions]
         patch: dict[str, list] = {}
-        for _, row in fresh.iterrows():
-            if row["run_id"] not in index_of.index:
+        for column in fresh.columns:
+            if column == "run_id" or column not in value.columns:
                 continue
-            idx = index_of[row["run_id"]]
-            for column in fresh.columns:
-                if column not in value.columns or column == "run_id":
-                    continue
-                old, new = value.at[idx, column], row[column]
-                if not _same(old, new):
-                    patch.setdefault(column, []).append((idx, new))
+            old = value[column].to_numpy(dtype=object)[positions]
+            new = fresh[column].to_numpy(dtype=object)
+            changed = np.array([not _same(a, b) for a, b in zip(old, new, strict=True)], dtype=bool)
+            if changed.any():
+                patch[column] = list(zip(labels[changed].tolist(), new[changed].tolist(), strict=True))
         if patch:
             self.table.patch(patch)
 
@@ -257,9 +264,14 @@ def _conform(new: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
 
 
 def _same(old, new) -> bool:
-    if pd.isna(old) if not isinstance(old, (list, tuple)) else False:
-        return not isinstance(new, (list, tuple)) and pd.isna(new)
+    old_missing, new_missing = _missing(old), _missing(new)
+    if old_missing or new_missing:
+        return old_missing and new_missing
     try:
         return bool(old == new)
     except (TypeError, ValueError):
         return False
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NaT or value is pd.NA or (isinstance(value, float) and value != value)

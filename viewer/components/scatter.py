@@ -31,10 +31,10 @@ class ParamScatter:
         self.state = state
         self.height = height
         self.data: dict | None = None
-        self.param_name = pn.widgets.Select(name="param (x)", options=[], width=200)
-        self.metric = pn.widgets.Select(name="metric (y)", options=[], width=200)
-        self.agg = pn.widgets.Select(name="value", options=list(AGGREGATES), value="last", width=90)
-        self.log_x = pn.widgets.Checkbox(name="log x", value=False, width=70)
+        self.param_name = pn.widgets.Select(label="param (x)", options=[], width=200)
+        self.metric = pn.widgets.Select(label="metric (y)", options=[], width=200)
+        self.agg = pn.widgets.Select(label="value", options=list(AGGREGATES), value="last", width=90)
+        self.log_x = pn.widgets.Checkbox(label="log x", value=False, width=70)
         self.note = pn.pane.HTML("", css_classes=["nx-scatter-note"])
         self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", height=height, css_classes=["nx-scatter"])
         for widget in (self.param_name, self.metric, self.agg, self.log_x):
