@@ -122,7 +122,7 @@ def resubmit(run_ids: str | list[str] | None = None) -> list[Job]:
         saved = cloudpickle.loads(data)
         spec = {k: v for k, v in saved["spec"].items() if k != "after"}
         job = submit(saved["fn"], **spec)
-        scheduler.event(job, "resubmitted", f"from {run_id}")
+        scheduler.records.event(job, "resubmitted", f"from {run_id}")
         _mark_resubmitted(scheduler, run_id, job.run_id)
         jobs.append(job)
     return jobs

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import os
 import random
@@ -30,6 +29,7 @@ from ..exceptions import ConfigError, GpuUnavailable, MissingDependency
 from ..models import RunStatus
 from ..tracking.run import new_run_id
 from .job import Job
+from .records import RunRecords
 from .spec import ExperimentSpec
 
 __all__ = ["Scheduler", "get_scheduler", "stop_scheduler"]
@@ -39,7 +39,6 @@ log = logging.getLogger("notebook_exp.scheduler")
 RECOVER_EVERY = 5.0  # seconds between checks for runs whose process died (while work is pending)
 GPU_POLL = 0.05  # how often jobs waiting for a GPU leased by another process look again
 # (a failing try costs ~1-3 ms of CPU; a GPU freed in this process is taken at once)
-MAX_PAYLOAD = 20_000_000  # bytes of pickled function kept for resubmission
 
 
 class Scheduler:
@@ -50,6 +49,7 @@ class Scheduler:
 
         self.settings = settings or get_settings()
         self.store = get_store(self.settings.store_path, self.settings.lock_timeout)
+        self.records = RunRecords(self.store)
         self.max_concurrent = max_concurrent or self.settings.max_concurrent or max(2, os.cpu_count() or 2)
         self._inventory = inventory
         self._leases = None
@@ -122,49 +122,11 @@ class Scheduler:
                 if dep == job.run_id:
                     raise ConfigError("a run cannot wait for itself")
             self._jobs[job.run_id] = job
-            self._record_queued(job)
-            self._save_payload(job)
+            self.records.queued(job)
+            self.records.payload(job)
             heapq.heappush(self._heap, (-spec.priority, job.seq, job))
             self._cond.notify_all()
         return job
-
-    def _record_queued(self, job: Job) -> None:
-        from ..store import utcnow
-        from ..store.core import HOST
-
-        spec, now = job.spec, utcnow()
-        writer = self.store.writer
-        writer.submit(
-            """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, host, pid,
-                                 pid_started, executor, priority, attempts, source, spec)
-               VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)""",
-            [job.run_id, job.experiment, job.name, json.dumps(spec.params), spec.tags, now, HOST,
-             os.getpid(), _pid_started(), spec.executor, spec.priority, spec.source,
-             json.dumps(spec.describe())],
-        )
-        self.event(job, "queued", f"priority {spec.priority}" + (f", after {', '.join(spec.after)}" if spec.after else ""))
-
-    def _save_payload(self, job: Job) -> None:
-        """Keep the function and params so a later process can resubmit a lost run."""
-        import cloudpickle
-
-        try:
-            data = cloudpickle.dumps({"fn": job.spec.fn, "spec": job.spec.model_dump(exclude={"fn"})})
-        except Exception as exc:  # noqa: BLE001 - resubmission is a convenience, never a blocker
-            log.info("run %s cannot be saved for resubmission: %s", job.run_id, exc)
-            return
-        if len(data) <= MAX_PAYLOAD:
-            self.store.writer.submit("INSERT INTO payloads VALUES (?, ?)", [job.run_id, data])
-
-    def save_output(self, job: Job) -> None:
-        """Store what the run printed with the run (``runs.output``)."""
-        text = job.output
-        if text:
-            self.store.writer.submit("UPDATE runs SET output = ? WHERE run_id = ?", [text, job.run_id])
-
-    def event(self, job: Job, event: str, detail: str | None = None) -> None:
-        """Append to the run's audit trail (``events``)."""
-        self.store.writer.event(job.run_id, event, detail)
 
     # -- queries ------------------------------------------------------------
     def jobs(self) -> list[Job]:
@@ -174,15 +136,16 @@ class Scheduler:
     def job(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)
 
-    def position(self, job: Job) -> int | None:
+    def positions(self) -> dict[str, int]:
+        """Queue position (0 = next to start) of every queued job, computed once."""
         with self._cond:
-            if job.status != RunStatus.QUEUED:
-                return None
-            ordered = sorted(self._heap, key=lambda item: (item[0], item[1]))
-            for index, (_p, _s, queued) in enumerate(ordered):
-                if queued is job:
-                    return index
-        return None
+            ordered = sorted(
+                (item for item in self._heap if item[2].status == RunStatus.QUEUED), key=lambda item: item[:2]
+            )
+        return {job.run_id: index for index, (_p, _s, job) in enumerate(ordered)}
+
+    def position(self, job: Job) -> int | None:
+        return self.positions().get(job.run_id) if job.status == RunStatus.QUEUED else None
 
     # -- the dispatcher -----------------------------------------------------
     def _loop(self) -> None:
@@ -333,44 +296,20 @@ class Scheduler:
         if run is not None:
             run.end(status, error, requeue=retry, on_recorded=on_recorded)
         elif retry:
-            self._requeue_record(job, error, on_commit=on_recorded)
+            self.records.requeued(job, error, on_commit=on_recorded)
         elif not recorded:
-            self.record_final(job, status, error, on_commit=on_recorded)
+            self.records.final(job, status, error, on_commit=on_recorded)
         else:
             on_recorded()
         if retry:
-            self._clear_attempt_data(job)
-
-    def _requeue_record(self, job: Job, error: str | None, on_commit=None) -> None:
-
-        self.store.writer.submit(
-            "UPDATE runs SET status = 'queued', ended_at = NULL, error = ? WHERE run_id = ?", [error, job.run_id]
-        )
-        self.store.writer.event(job.run_id, "retry", error, on_commit=on_commit)
-
-    def _clear_attempt_data(self, job: Job) -> None:
-        """A retried run's data is its last attempt's: drop what the failed one logged
-        (its error stays in ``events``)."""
-        for table in ("metrics", "metric_summary", "texts", "histograms", "images", "artifacts"):
-            self.store.writer.submit(f"DELETE FROM {table} WHERE run_id = ?", [job.run_id])
+            self.records.clear_attempt_data(job)
 
     def _finish(self, job: Job, status: RunStatus, error: str | None) -> None:
         """End a job that never started (cancelled while queued, dependency failed).
         Its status changes now; ``wait()`` returns once the store has it."""
         job._set_status(status, error, done=False)
-        self.record_final(job, status, error, on_commit=job._finalize)
+        self.records.final(job, status, error, on_commit=job._finalize)
         self._cond.notify_all()
-
-    def record_final(self, job: Job, status: RunStatus, error: str | None, on_commit=None) -> int:
-        """Write a final status the run's own process could not write (killed, lost)."""
-        from ..store import utcnow
-
-        writer = self.store.writer
-        writer.submit(
-            "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE run_id = ?",
-            [status.value, error, utcnow(), job.run_id],
-        )
-        return writer.event(job.run_id, status.value, error, on_commit=on_commit)
 
     # -- cancelling and stopping ----------------------------------------------
     def cancel(self, job: Job, reason: str = "cancelled by user") -> bool:
@@ -411,12 +350,6 @@ class Scheduler:
             executor.close()
         if self._leases is not None:
             self._leases.release_all()
-
-
-def _pid_started() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
 
 
 _scheduler: Scheduler | None = None

@@ -13,6 +13,7 @@ from ._ticker import ticker
 GPU_POLL = 1.0
 RECENT_POLL = 2.0
 RECENT = 10
+MAX_ROWS = 50  # active runs listed; the summary counts them all
 
 
 class QueueMonitor(w.VBox):
@@ -60,7 +61,8 @@ class QueueMonitor(w.VBox):
 
     def _refresh_jobs(self) -> bool:
         jobs = sorted(self.scheduler.jobs(), key=lambda j: j.submitted_at)
-        active = [j for j in jobs if not j.done]
+        positions = self.scheduler.positions()
+        active = sorted((j for j in jobs if not j.done), key=lambda j: positions.get(j.run_id, -1))[:MAX_ROWS]
         finished = [j for j in jobs if j.done][-RECENT:]
         counts = {}
         for job in jobs:
@@ -72,12 +74,14 @@ class QueueMonitor(w.VBox):
             row = self._rows.get(job.run_id)
             if row is None:
                 row = self._rows[job.run_id] = self._row(job)
-            changed |= _set(row.children[0], "value", self._row_html(job))
+            changed |= _set(row.children[0], "value", self._row_html(job, positions.get(job.run_id)))
             if job.done and not row.children[1].disabled:
                 row.children[1].disabled = True
                 changed = True
-        if [r for r in self.jobs_box.children] != [self._rows[i] for i in wanted]:
+        if list(self.jobs_box.children) != [self._rows[i] for i in wanted]:
             self.jobs_box.children = [self._rows[i] for i in wanted]
+            for run_id in set(self._rows) - set(wanted):  # forget rows of runs no longer shown
+                self._rows.pop(run_id).close()
             changed = True
         return changed
 
@@ -86,8 +90,7 @@ class QueueMonitor(w.VBox):
         button.on_click(lambda _b: job.cancel())
         return w.HBox([w.HTML(), button])
 
-    def _row_html(self, job) -> str:
-        position = job.queue_position
+    def _row_html(self, job, position: int | None) -> str:
         where = f"#{position + 1} in queue" if position is not None else ""
         gpus = f"GPU {', '.join(map(str, job.gpus))}" if job.gpus else ""
         parts = [f"<b>{esc(job.name)}</b>", badge(job.status.value), f"priority {job.spec.priority}", where, gpus]

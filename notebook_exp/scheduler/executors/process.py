@@ -104,7 +104,7 @@ class ProcessExecutor(Executor):
         self._procs.pop(job.run_id, None)
         status, error, result, recorded = self._outcome(job, proc.returncode, folder / "payload.pkl.result")
         shutil.rmtree(folder, ignore_errors=True)
-        self.scheduler.save_output(job)
+        self.scheduler.records.output(job)
         self.scheduler.attempt_ended(job, status, error, result, recorded=recorded)
 
     def _outcome(self, job, code: int, result_file: Path):

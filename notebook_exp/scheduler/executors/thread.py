@@ -53,7 +53,7 @@ class ThreadExecutor(Executor):
         finally:
             unroute()
             self._threads.pop(job.run_id, None)
-            scheduler.save_output(job)
+            scheduler.records.output(job)
             scheduler.attempt_ended(job, status, error, result, run=run)
 
     def stop(self, job, reason: str) -> None:
