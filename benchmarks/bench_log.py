@@ -90,7 +90,8 @@ print(polls, len(delays), delays[len(delays) // 2] if delays else -1, delays[-1]
 """
 
 
-def sustained(seconds: float, per_call_metrics: int) -> None:
+def sustained(seconds: float, per_call_metrics: int, rate: float | None = None) -> None:
+    """Log for ``seconds`` (flat out, or paced at ``rate`` points/s) with a reader polling."""
     import notebook_exp as nx
 
     names = [f"m{i}" for i in range(per_call_metrics)]
@@ -104,21 +105,28 @@ def sustained(seconds: float, per_call_metrics: int) -> None:
         started = time.perf_counter()
         deadline = started + seconds
         step = 0
+        calls = 1000 if rate is None else max(1, int(rate / per_call_metrics / 100))  # 100 bursts/s
         while True:
-            for _ in range(1000):
+            for _ in range(calls):
                 run.log(step=step, **values)
                 step += 1
             run.log(clock=time.time())
-            if time.perf_counter() >= deadline:
+            now = time.perf_counter()
+            if now >= deadline:
                 break
+            if rate is not None:  # hold the pace
+                ahead = step * per_call_metrics / rate - (now - started)
+                if ahead > 0:
+                    time.sleep(ahead)
     elapsed = time.perf_counter() - started  # includes the final flush and commit
     points = run.points
     polls, changes, p50, worst = reader.communicate()[0].split()
     committed = nx.sql("SELECT count(*) AS n FROM metrics WHERE run_id = ?", [run.run_id]).n[0]
     commits = sorted(run._store.writer.commit_seconds)
     p99 = commits[int(len(commits) * 0.99) - 1] * 1000 if commits else float("nan")
+    pace = "flat out" if rate is None else f"paced at {rate:,.0f} points/s"
     print(
-        f"sustained, {per_call_metrics} metrics/call: {committed / elapsed:,.0f} points/s committed "
+        f"sustained, {per_call_metrics} metrics/call, {pace}: {committed / elapsed:,.0f} points/s committed "
         f"({committed:,} of {points:,} points in {elapsed:.2f} s, reader polling: {polls} queries); "
         f"log->visible p50 {float(p50) * 1000:.0f} ms, max {float(worst) * 1000:.0f} ms; "
         f"writer commit p99 {p99:.0f} ms"
@@ -135,6 +143,7 @@ def main() -> None:
         hot_path()
         sustained(args.seconds, 10)
         sustained(args.seconds, 1)
+        sustained(args.seconds, 10, rate=500_000)  # visibility at a rate the store sustains
 
 
 if __name__ == "__main__":

@@ -90,12 +90,12 @@ INSERT_METRICS = """
 INSERT INTO metrics SELECT run_id, key, step, ts, value FROM __batch
 """
 
+# __summary: one row per run and key of each batch in the transaction (MetricBatch.summary).
 UPSERT_SUMMARY = """
 INSERT INTO metric_summary
-SELECT run_id, key, count(*), min(step), max(step), arg_max(value, step),
-       min(value) FILTER (WHERE NOT isnan(value)), max(value) FILTER (WHERE NOT isnan(value)),
-       max(ts)
-FROM __batch GROUP BY run_id, key
+SELECT run_id, key, sum(count), min(first_step), max(last_step), arg_max(last_value, last_step),
+       min(min_value), max(max_value), max(last_ts)
+FROM __summary GROUP BY run_id, key
 ON CONFLICT (run_id, key) DO UPDATE SET
     count = count + excluded.count,
     first_step = least(first_step, excluded.first_step),

@@ -266,16 +266,16 @@ def _insert_metrics(conn, batches: list[MetricBatch]) -> None:
 
     from .._arrow import dictionary
 
-    tables, sizes = [], []
-    for batch in batches:
-        tables.append(batch.to_arrow())
-        sizes.append(len(batch))
-    merged = pa.concat_tables(tables, promote_options="permissive")
-    codes = np.repeat(np.arange(len(batches), dtype=np.int32), sizes)
-    run_ids = dictionary(codes, [b.run_id for b in batches])
-    conn.register("__batch", merged.append_column("run_id", run_ids))
+    def with_run_ids(tables: list) -> pa.Table:
+        merged = pa.concat_tables(tables, promote_options="permissive")
+        codes = np.repeat(np.arange(len(batches), dtype=np.int32), [t.num_rows for t in tables])
+        return merged.append_column("run_id", dictionary(codes, [b.run_id for b in batches]))
+
+    conn.register("__batch", with_run_ids([b.to_arrow() for b in batches]))
+    conn.register("__summary", with_run_ids([b.summary() for b in batches]))
     try:
         conn.execute(schema.INSERT_METRICS)
         conn.execute(schema.UPSERT_SUMMARY)
     finally:
         conn.unregister("__batch")
+        conn.unregister("__summary")

@@ -66,10 +66,11 @@ HOLDER = """
 """
 
 
-def test_a_killed_holder_frees_its_gpu_and_its_run_is_marked_lost(settings_env, read_only, store_path):
+def test_a_killed_holder_frees_its_gpu_and_its_run_is_marked_lost(settings_env, read_only, store_path, request):
     settings_env(fake_gpus=1)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(lambda: (holder.kill(), holder.communicate()))
     assert holder.stdout.readline().startswith("holding [0]")
     started = []
     job = nx.submit(lambda run: started.append(time.monotonic()), gpus=1, name="waiter")
@@ -77,7 +78,7 @@ def test_a_killed_holder_frees_its_gpu_and_its_run_is_marked_lost(settings_env, 
     assert job.status == RunStatus.QUEUED  # the GPU is taken by the other process
     killed = time.monotonic()
     holder.send_signal(signal.SIGKILL)
-    holder.communicate(timeout=10)
+    holder.wait(timeout=10)
     assert job.wait(10) == RunStatus.COMPLETED
     assert started[0] - killed < 1.0  # handed over promptly
     deadline = time.monotonic() + 15
@@ -108,14 +109,15 @@ RESTARTED = """
 """
 
 
-def test_a_restarted_kernel_sees_what_was_lost_and_resubmits_it(settings_env, read_only, store_path):
+def test_a_restarted_kernel_sees_what_was_lost_and_resubmits_it(settings_env, read_only, store_path, request):
     settings_env(max_concurrent=1)
     env = {**os.environ}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESTARTED)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(lambda: (proc.kill(), proc.communicate()))
     assert proc.stdout.readline().strip() == "first running"
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
+    proc.wait(timeout=10)
     assert sorted(read_only(store_path, "SELECT name, status FROM runs")) == [
         ("r0", "running"), ("r1", "queued"), ("r2", "queued"),
     ]
