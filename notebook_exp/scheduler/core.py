@@ -59,6 +59,7 @@ class Scheduler:
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
         self._held: dict[str, Any] = {}  # run_id -> Lease
+        self._to_start: list[tuple[Job, Any]] = []  # launched under the lock, started outside it
         self._executors: dict[str, Any] = {}
         self._stopping = False
         self._last_recover = 0.0
@@ -156,7 +157,11 @@ class Scheduler:
                 wait = self._dispatch()
                 wait = min(wait, self._check_deadlines())
                 self._maybe_recover()
-                self._cond.wait(wait)
+                to_start, self._to_start = self._to_start, []
+                if not to_start:
+                    self._cond.wait(wait)
+            for job, lease in to_start:  # thread and process starts take a while: not under the lock
+                self._start(job, lease)
 
     def _maybe_recover(self) -> None:
         """While runs are pending, look for runs of dead processes every few seconds,
@@ -234,6 +239,9 @@ class Scheduler:
         self._running[job.run_id] = job
         if lease is not None:
             self._held[job.run_id] = lease
+        self._to_start.append((job, lease))
+
+    def _start(self, job: Job, lease) -> None:
         try:
             self.executor(job.spec.executor).start(job, lease)
         except Exception as exc:  # noqa: BLE001 - a run that cannot start fails, the queue goes on

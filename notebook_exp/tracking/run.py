@@ -462,7 +462,7 @@ def start_run(
     }
     writer = store_obj.writer
     if existing:
-        writer.submit_call(lambda conn: _update_or_insert(conn, run_id, row, now))
+        writer.submit_call(lambda conn: _update_or_insert(conn, run_id, row, now, columns))
     else:
         names = ["run_id", "created_at", *row]
         writer.submit(
@@ -482,11 +482,15 @@ def start_run(
     return run
 
 
-def _update_or_insert(conn, run_id: str, row: dict[str, Any], now) -> None:
-    """Start a run the store may already hold (queued by a scheduler) without an upsert,
-    which costs DuckDB several times an update."""
-    assignments = ", ".join(f"{name} = ?" for name in row)
-    updated = conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*row.values(), run_id]).fetchone()
+_STARTED = ("status", "started_at", "host", "pid", "pid_started", "error", "ended_at")
+
+
+def _update_or_insert(conn, run_id: str, row: dict[str, Any], now, columns) -> None:
+    """Start a run the store may already hold (queued by a scheduler, which wrote its
+    name, params and tags): update only what starting changes; insert if it is new."""
+    changed = {name: row[name] for name in (*_STARTED, *(columns or {}))}
+    assignments = ", ".join(f"{name} = ?" for name in changed)
+    updated = conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*changed.values(), run_id]).fetchone()
     if not updated or not updated[0]:
         names = ["run_id", "created_at", *row]
         conn.execute(

@@ -63,6 +63,10 @@ class ProcessExecutor(Executor):
         import cloudpickle
 
         spec, scheduler = job.spec, self.scheduler
+        if job.stop_reason:  # cancelled between launch and start
+            status, error = stopped_outcome(job, job.stop_reason)
+            scheduler.attempt_ended(job, status, error, None)
+            return
         folder = Path(tempfile.mkdtemp(prefix="notebook_exp-run-"))
         payload = folder / "payload.pkl"
         payload.write_bytes(cloudpickle.dumps({
@@ -82,6 +86,8 @@ class ProcessExecutor(Executor):
         finally:
             os.close(status_write)
         self._procs[job.run_id] = proc
+        if job.stop_reason:  # cancelled while the child was being started
+            self._terminate(proc)
         threading.Thread(target=self._monitor, args=(job, proc, folder, status_read),
                          name=f"notebook_exp-proc[{job.run_id[:8]}]", daemon=True).start()
 
@@ -127,8 +133,11 @@ class ProcessExecutor(Executor):
             return
         job.stop_reason = reason
         proc = self._procs.get(job.run_id)
-        if proc is None:
-            return
+        if proc is not None:  # else start() sees stop_reason
+            self._terminate(proc)
+
+    def _terminate(self, proc: subprocess.Popen) -> None:
+        """SIGTERM now, SIGKILL after ``cancel_grace`` seconds if it still runs."""
         _signal(proc, signal.SIGTERM)
         timer = threading.Timer(self.scheduler.settings.cancel_grace, _signal, args=(proc, signal.SIGKILL))
         timer.daemon = True
