@@ -12,28 +12,27 @@ from __future__ import annotations
 import logging
 import threading
 
+from .._threads import Ticking
+
 log = logging.getLogger("notebook_exp.tracking")
 
 POLL = 0.02
 
 
-class Flusher:
+class Flusher(Ticking):
     """Owner of the flush thread."""
 
+    thread_name = "notebook_exp-flusher"
+
     def __init__(self, poll: float = POLL) -> None:
-        self.poll = poll
+        super().__init__(poll)
         self._runs: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def add(self, run) -> None:
         with self._lock:
             self._runs[run.run_id] = run
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, name="notebook_exp-flusher", daemon=True)
-                self._thread.start()
+        self.ensure_started()
 
     def remove(self, run) -> None:
         with self._lock:
@@ -43,21 +42,12 @@ class Flusher:
         with self._lock:
             return list(self._runs.values())
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll):
-            for run in self.live():
-                try:
-                    run._flush()
-                except Exception:  # noqa: BLE001 - one broken run must not stop the others
-                    log.exception("flushing run %s failed", run.run_id)
-
-    def stop(self) -> None:
-        """Stop the thread (the runs' own ``end`` flushes what is left)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self._thread = None
+    def step(self) -> None:
+        for run in self.live():
+            try:
+                run._flush()
+            except Exception:  # noqa: BLE001 - one broken run must not stop the others
+                log.exception("flushing run %s failed", run.run_id)
 
 
 flusher = Flusher()

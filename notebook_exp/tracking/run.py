@@ -523,7 +523,8 @@ def live_runs() -> list[Run]:
 def shutdown() -> None:
     """Stop the scheduler (if one runs), end every live run (``failed`` if an
     uncaught exception is ending the interpreter, else ``completed``), stop the
-    flusher and close the stores. Runs at interpreter exit; idempotent."""
+    flusher and the widget ticker, and close the stores. Runs at interpreter
+    exit; idempotent."""
     from ..store import close_all
 
     scheduler = sys.modules.get("notebook_exp.scheduler.core")
@@ -535,4 +536,7 @@ def shutdown() -> None:
         else:
             run.end(RunStatus.COMPLETED)
     flusher.stop()
+    widgets = sys.modules.get("notebook_exp.widgets._ticker")
+    if widgets is not None:
+        widgets.ticker.stop()
     close_all()

@@ -1,0 +1,41 @@
+"""``Ticking``: a daemon thread that calls ``step()`` every ``interval`` seconds,
+started on first use and stopped by ``stop()`` (idempotent). Its owner is the
+object itself; test fixtures stop it after each test (STYLE.md item 9)."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Ticking:
+    """Base for the package's periodic background threads."""
+
+    thread_name = "notebook_exp-ticking"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.step()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (idempotent; safe from the thread itself)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._thread = None
