@@ -136,6 +136,8 @@ def sustained(seconds: float, per_call_metrics: int, rate: float | None = None) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each sustained run")
+    parser.add_argument("--pace", type=float, nargs="*", default=[500_000, 1_000_000],
+                        help="points/s of the paced runs (visibility at a sustainable rate)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         os.environ["NOTEBOOK_EXP_STORE"] = str(Path(folder) / "bench.duckdb")
@@ -143,7 +145,8 @@ def main() -> None:
         hot_path()
         sustained(args.seconds, 10)
         sustained(args.seconds, 1)
-        sustained(args.seconds, 10, rate=500_000)  # visibility at a rate the store sustains
+        for rate in args.pace:  # visibility at rates the store sustains
+            sustained(args.seconds, 10, rate=rate)
 
 
 if __name__ == "__main__":
