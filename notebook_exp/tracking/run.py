@@ -159,9 +159,9 @@ class Run:
     def log(self, step: int | None = None, **metrics: Any) -> None:
         """Record metrics: ``run.log(loss=0.3, acc=0.9, step=10)``.
 
-        Raises ``InvalidMetric`` (a ``TypeError``) naming the key of a value
-        that is not a real number, or a key that is empty or over-long; nothing
-        of that call is logged. Inside a run that was cancelled or timed out,
+        Steps are integers within ±2**53 (kept exactly). Raises ``InvalidMetric``
+        (a ``TypeError``) naming the key of a value that is not a real number,
+        or a key that is empty or over-long; nothing of that call is logged. Inside a run that was cancelled or timed out,
         raises ``RunCancelled`` / ``RunTimedOut`` instead.
         """
         if self._interrupt is not None:
