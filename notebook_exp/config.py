@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         0.5, gt=0, le=60, description="Seconds between flushes of a run's metric buffer to the sinks."
     )
     flush_rows: int = Field(
-        100_000, ge=1, description="A run's buffer is flushed early once it holds this many points."
+        50_000, ge=1, description="A run's buffer is flushed early once it holds this many points."
     )
     sinks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["duckdb"],

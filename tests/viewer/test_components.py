@@ -235,3 +235,23 @@ def test_app_on_a_store_that_does_not_exist_yet(tmp_path):
     app.open_compare()
     assert "Select runs" in app.compare.note.object
     assert not (tmp_path / "later.duckdb").exists()
+
+
+def test_live_chart_rebuckets_in_memory_and_keeps_extremes(state, sample):
+    """A live chart whose extent doubled coarsens what it holds instead of re-reading the store."""
+    import numpy as np
+    import pandas as pd
+
+    chart = MetricChart(state, width=50)
+    xs = np.arange(1000, dtype="float64")
+    values = np.sin(xs / 30.0)
+    values[437] = 9.0  # a spike
+    values[801] = -7.0  # and a dip
+    values[5] = float("nan")
+    chart.points = pd.DataFrame({"run_id": "r", "key": "loss", "x": xs, "value": values})
+    chart._rebucket((0.0, 999.0))
+    kept = chart.points
+    assert len(kept) <= 2 * 50
+    assert kept["value"].max() == 9.0 and kept["value"].min() == -7.0
+    assert kept["x"].is_monotonic_increasing
+    assert chart.base_span == 999.0

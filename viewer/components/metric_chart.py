@@ -90,7 +90,8 @@ class MetricChart:
         Zoomed in, the window is re-read. Zoomed out, only ``metric_summary``
         is read unless some series has new points; then just their tail is
         downsampled (same bucket width) and appended. When the extent has
-        doubled since the last full read, everything is re-bucketed.
+        doubled since the last full read, the points held are re-bucketed in
+        memory (no long read of the store while a writer logs).
         """
         if not self.run_ids or not self.keys:
             return
@@ -103,9 +104,6 @@ class MetricChart:
         if not grown:
             return
         full = (min(e[0] for e in extents.values()), max(e[1] for e in extents.values()))
-        if full[1] - full[0] > GROW_REBUCKET * self.base_span:
-            self._query()
-            return
         low = min((last[p] for p in grown if p in last), default=full[0])
         width = max(1, math.ceil(self.width * (full[1] - low) / self.base_span))
         after = {p: last[p] for p in grown if p in last}
@@ -116,8 +114,30 @@ class MetricChart:
         self.full = full
         self.points = pd.concat([self.points, tail], ignore_index=True).sort_values(
             ["run_id", "key", "x"], kind="stable", ignore_index=True)
+        if full[1] - full[0] > GROW_REBUCKET * self.base_span:
+            self._rebucket(full)
         self.note.object = ""
         self._draw()
+
+    def _rebucket(self, full: tuple[float, float]) -> None:
+        """Coarsen the points held to ``width`` buckets over ``full``, in memory.
+
+        Every point held is the lowest or highest of a finer bucket, so keeping
+        the lowest and highest per coarse bucket keeps each line's extremes
+        (spikes survive) without re-reading millions of rows from the store,
+        which would keep writers out. Zooming or Reset reads exactly again."""
+        span = max(full[1] - full[0], 1e-9)
+        self.base_span = span
+        points = self.points
+        if points.empty:
+            return
+        bucket = np.minimum(np.floor((points["x"].to_numpy(dtype="float64") - full[0]) * self.width / span),
+                            self.width - 1)
+        values = points["value"].to_numpy(dtype="float64")
+        finite = points.assign(bucket=bucket)[np.isfinite(values)]
+        grouped = finite.groupby(["run_id", "key", "bucket"], sort=False)["value"]
+        keep = pd.Index(grouped.idxmin()).union(pd.Index(grouped.idxmax()))
+        self.points = points.loc[keep].sort_values(["run_id", "key", "x"], kind="stable", ignore_index=True)
 
     # -- figure ------------------------------------------------------------------
     def _make_figure(self):
