@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -164,7 +163,3 @@ def _validity(is_null):
     if not is_null.any():
         return None
     return pa.py_buffer(np.packbits(~is_null, bitorder="little"))
-
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))

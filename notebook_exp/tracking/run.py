@@ -117,7 +117,6 @@ class Run:
         self._flush_rows = settings.flush_rows
         self._flush_interval = settings.flush_interval
         self._dispatcher = Dispatcher(info, sinks, settings.sink_retries, settings.sink_queue_rows)
-        self._token = None
         #: Last ``(step, value)`` of each key as of the latest flush (see :meth:`last_values`).
         self.latest: dict[str, tuple[int, float]] = {}
         #: Progress declared with :meth:`progress` / :meth:`track`.
@@ -381,7 +380,7 @@ class Run:
 
     # -- context manager ----------------------------------------------------
     def __enter__(self) -> Run:
-        self._token = _current.set(self)
+        _current.set(self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
