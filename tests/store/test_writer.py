@@ -1,0 +1,38 @@
+import sys
+
+import pytest
+
+from notebook_exp.store import get_store
+
+
+@pytest.fixture
+def switch_interval():
+    before = sys.getswitchinterval()
+    yield before
+    sys.setswitchinterval(before)
+
+
+def test_the_gil_switch_interval_is_lowered_only_while_a_window_is_open(store_path, switch_interval):
+    writer = get_store(store_path).writer
+    seen = []
+    writer.submit_call(lambda conn: seen.append(sys.getswitchinterval()))
+    assert writer.flush(timeout=30)
+    assert seen and seen[0] <= 0.001 < switch_interval
+    assert sys.getswitchinterval() == switch_interval
+
+
+def test_a_switch_interval_set_during_a_window_is_left_alone(store_path, switch_interval):
+    writer = get_store(store_path).writer
+    writer.submit_call(lambda conn: sys.setswitchinterval(0.02))
+    assert writer.flush(timeout=30)
+    assert sys.getswitchinterval() == pytest.approx(0.02)
+
+
+def test_a_failing_write_still_restores_the_switch_interval(store_path, switch_interval):
+    writer = get_store(store_path).writer
+    seq = writer.submit("INSERT INTO no_such_table VALUES (1)")
+    with pytest.raises(Exception, match="no_such_table"):
+        writer.wait(seq, timeout=60)
+    assert sys.getswitchinterval() == switch_interval
+    ok = writer.submit("SELECT 1")
+    assert writer.wait(ok, timeout=30)
