@@ -1,6 +1,7 @@
-"""``Ticking``: a daemon thread that calls ``step()`` every ``interval`` seconds,
-started on first use and stopped by ``stop()`` (idempotent). Its owner is the
-object itself; test fixtures stop it after each test (STYLE.md item 9)."""
+"""``Ticking``: a daemon thread that calls ``step()`` every ``interval`` seconds
+(or sooner when ``wake()`` is called), started on first use and stopped by
+``stop()`` (idempotent). Its owner is the object itself; test fixtures stop it
+after each test (STYLE.md item 9)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class Ticking:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -26,15 +28,24 @@ class Ticking:
                 self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.step()
 
     def step(self) -> None:
         raise NotImplementedError
 
+    def wake(self) -> None:
+        """Step now rather than at the end of the current interval."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the thread and wait for it (idempotent; safe from the thread itself)."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()

@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     lock_dir: Path | None = Field(
         None, description="Machine-wide directory for GPU lease lock files (default: a folder in the temp dir)."
     )
+    telemetry_interval: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Seconds between samples of system (sys/*: CPU, memory) and GPU (gpu/<id>/*) telemetry "
+            "logged to every running run; 0 turns telemetry off."
+        ),
+    )
+    capture_git: bool = Field(
+        True, description="Record the git commit, branch and dirty state of the working directory with each run."
+    )
 
     @field_validator("sinks", "reserved_gpus", mode="before")
     @classmethod

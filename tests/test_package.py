@@ -19,7 +19,7 @@ def test_all_is_sorted_and_complete():
     for name in nx.__all__:
         assert getattr(nx, name) is not None
     public = {n for n in dir(nx) if not n.startswith("_")}
-    modules = {"config", "exceptions", "models", "sinks", "store", "tracking", "testing", "demo", "cli",
+    modules = {"collectors", "config", "exceptions", "models", "sinks", "store", "tracking", "testing", "demo", "cli",
                "scheduler", "magics", "widgets", "cell", "viewing", "inline", "load_ipython_extension"}
     assert public - set(nx.__all__) - modules - {"annotations", "importlib", "TYPE_CHECKING"} == set()
 
@@ -100,7 +100,10 @@ def test_cli_demo_runs_a_real_sweep(store_path, run_python, read_only):
     )
     assert "Read back from DuckDB" in proc.stdout
     assert read_only(store_path, "SELECT status, count(*) FROM runs GROUP BY 1") == [("completed", 4)]
-    assert read_only(store_path, "SELECT count(*) FROM metrics") == [(4 * (200 + 5),)]
+    assert read_only(store_path, "SELECT count(*) FROM metrics WHERE key NOT LIKE 'sys/%'") == [(4 * (200 + 5),)]
+    unsampled = """SELECT count(*) FROM runs r WHERE epoch(ended_at - started_at) >= 1 AND NOT EXISTS
+                   (SELECT 1 FROM metric_summary s WHERE s.run_id = r.run_id AND s.key LIKE 'sys/%')"""
+    assert read_only(store_path, unsampled) == [(0,)]  # every run of a second or more has telemetry
 
 
 def test_cli_runs_and_sql(store_path, capsys):
@@ -111,7 +114,7 @@ def test_cli_runs_and_sql(store_path, capsys):
     assert main(["runs", "-e", "cli"]) == 0
     out = capsys.readouterr().out
     assert "cli-run" in out and "params.lr" in out and "0.25" in out
-    assert main(["sql", "SELECT count(*) AS n FROM metrics"]) == 0
+    assert main(["sql", "SELECT count(*) AS n FROM metrics WHERE key = 'loss'"]) == 0
     assert capsys.readouterr().out.split() == ["n", "1"]
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import pandas as pd
 import param
 
+from notebook_exp.collectors import TELEMETRY_PREFIXES
 from notebook_exp.config import get_settings
 from notebook_exp.exceptions import StoreError
 from notebook_exp.store import get_store, utcnow
@@ -32,7 +33,6 @@ DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucke
 DEFAULT_METRIC_COLUMNS = 3
 EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
 FILTER_PARAMS = ("experiments", "statuses", "tags", "text", "expression", "metric_columns")
-TELEMETRY_PREFIXES = ("sys/", "gpu/")
 READ_GAP = 0.012  # seconds between two read sessions of this process on one store
 MAX_IMAGES = 24
 MAX_IMAGES_PER_KEY = 8

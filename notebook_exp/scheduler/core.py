@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from ..collectors.git import git_info
 from ..config import Settings, get_settings
 from ..exceptions import ConfigError, GpuUnavailable, MissingDependency
 from ..models import RunStatus
@@ -117,13 +118,14 @@ class Scheduler:
             check_picklable(spec.fn)
         if not self.store.ready:
             self.store.ensure()
+        git = git_info() if self.settings.capture_git else None  # cached: a sweep runs git once
         with self._cond:
             job = Job(spec, new_run_id(), self, next(self._seq))
             for dep in spec.after:
                 if dep == job.run_id:
                     raise ConfigError("a run cannot wait for itself")
             self._jobs[job.run_id] = job
-            self.records.queued(job)
+            self.records.queued(job, git)
             self.records.payload(job)
             heapq.heappush(self._heap, (-spec.priority, job.seq, job))
             self._cond.notify_all()

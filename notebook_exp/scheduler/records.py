@@ -22,8 +22,8 @@ class RunRecords:
     def __init__(self, store) -> None:
         self.store = store
 
-    def queued(self, job: Job) -> None:
-        """The run's row, status ``queued``, and its ``queued`` event."""
+    def queued(self, job: Job, git: dict | None = None) -> None:
+        """The run's row, status ``queued`` (``git``: where its code came from), and its ``queued`` event."""
         from ..store import utcnow
         from ..store.core import HOST
 
@@ -31,11 +31,11 @@ class RunRecords:
         writer = self.store.writer
         writer.submit(
             """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, host, pid,
-                                 pid_started, executor, priority, attempts, source, spec)
-               VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)""",
+                                 pid_started, executor, priority, attempts, source, spec, git)
+               VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)""",
             [job.run_id, job.experiment, job.name, json.dumps(spec.params), spec.tags, now, HOST,
              os.getpid(), _pid_started(), spec.executor, spec.priority, spec.source,
-             json.dumps(spec.describe())],
+             json.dumps(spec.describe()), json.dumps(git) if git else None],
         )
         self.event(job, "queued", f"priority {spec.priority}" + (f", after {', '.join(spec.after)}" if spec.after else ""))
 

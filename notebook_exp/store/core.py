@@ -158,6 +158,7 @@ class Store:
         conn.execute("BEGIN")
         try:
             conn.execute(schema.TABLES)
+            conn.execute(schema.MIGRATIONS)
             conn.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
                 [schema.SCHEMA_VERSION],

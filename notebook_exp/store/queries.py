@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from ..collectors import TELEMETRY_PREFIXES
 from ..config import get_settings
 from ..exceptions import StoreError
 from .core import get_store
@@ -55,7 +56,8 @@ def runs(
 
     Columns: run_id, experiment, name, status, created_at, started_at,
     ended_at, duration (seconds), tags, error, ... then ``params.<name>`` for
-    every param and ``metrics.<key>`` for the last value of every metric.
+    every param and ``metrics.<key>`` for the last value of every metric the
+    run logged (telemetry, ``sys/*`` and ``gpu/*``, is in ``nx.metrics``).
     """
     import pandas as pd
 
@@ -83,10 +85,13 @@ def runs(
         ).to_arrow_table()
         last = conn.sql(
             f"""SELECT s.run_id, s.key, s.last_value FROM metric_summary s
-                WHERE s.run_id IN (SELECT run_id FROM runs {clause})""",
+                WHERE s.run_id IN (SELECT run_id FROM runs {clause}) AND {_NOT_TELEMETRY}""",
             params=args,
         ).to_arrow_table()
     return runs_table(_widen(frame.to_pandas(), last.to_pandas()), target.path)
+
+
+_NOT_TELEMETRY = " AND ".join(f"NOT starts_with(s.key, '{prefix}')" for prefix in TELEMETRY_PREFIXES)
 
 
 def _widen(frame, last):

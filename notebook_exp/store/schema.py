@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     source VARCHAR,
     output VARCHAR,
     dropped BIGINT DEFAULT 0,
-    spec JSON
+    spec JSON,
+    git JSON
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
@@ -83,6 +84,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
     run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR, size BIGINT,
     sha256 VARCHAR, ts TIMESTAMP
 );
+"""
+
+# Columns added since the first stores were written (each statement is idempotent).
+MIGRATIONS = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS git JSON;
 """
 
 # __batch arrives grouped by run and key, steps ascending (MetricBatch.to_arrow sorts).

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import _exit
+from ..collectors import telemetry
+from ..collectors.git import git_info
 from ..config import Settings, get_settings
 from ..exceptions import RunCancelled, RunInterrupted, RunTimedOut
 from ..models import MetricBatch, RunInfo, RunStatus
@@ -208,6 +210,15 @@ class Run:
                 self._new_key(k)
         return values
 
+    def _log_telemetry(self, values: dict[str, float]) -> None:
+        """Append readings of the telemetry sampler (its thread; never interrupted)."""
+        t = _time()
+        for k, v in values.items():
+            rec = self._keys.get(k) or self._new_key(k)
+            step = rec.next
+            rec.next = step + 1
+            rec.add([step, t, v])
+
     # -- other records ------------------------------------------------------
     def _rich_step(self, key: str, step: Any) -> int:
         check_key(key)
@@ -347,6 +358,7 @@ class Run:
             self.status = status
         self.error = error
         flusher.remove(self)
+        telemetry.sampler.unwatch(self)
         try:
             self._flush(force=True)
         finally:
@@ -453,12 +465,15 @@ def start_run(
         store_obj.ensure()
     sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     run = Run(info, settings, sink_objs, store_obj)
+    run.gpus = list((columns or {}).get("gpus") or [])
     _exit.install()
     row = {
         "experiment": experiment, "name": name, "status": "running", "params": json.dumps(params), "tags": tags,
         "started_at": now, "host": _host(), "pid": os.getpid(), "pid_started": _pid_started(),
         "error": None, "ended_at": None, **(columns or {}),
     }
+    if not existing and settings.capture_git:  # a queued run got its git state when it was submitted
+        row["git"] = _as_json(git_info())
     writer = store_obj.writer
     if existing:
         writer.submit_call(lambda conn: _update_or_insert(conn, run_id, row, now, columns))
@@ -478,7 +493,12 @@ def start_run(
     _live[run_id] = run
     _current.set(run)
     flusher.add(run)
+    telemetry.sampler.watch(run)
     return run
+
+
+def _as_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 _STARTED = ("status", "started_at", "host", "pid", "pid_started", "error", "ended_at")
@@ -522,7 +542,7 @@ def live_runs() -> list[Run]:
 def shutdown() -> None:
     """Stop the scheduler (if one runs), end every live run (``failed`` if an
     uncaught exception is ending the interpreter, else ``completed``), stop the
-    flusher and the widget ticker, and close the stores. Runs at interpreter
+    flusher, the telemetry sampler and the widget ticker, and close the stores. Runs at interpreter
     exit; idempotent."""
     from ..store import close_all
 
@@ -535,6 +555,7 @@ def shutdown() -> None:
         else:
             run.end(RunStatus.COMPLETED)
     flusher.stop()
+    telemetry.sampler.stop()
     widgets = sys.modules.get("notebook_exp.widgets._ticker")
     if widgets is not None:
         widgets.ticker.stop()

@@ -8,6 +8,7 @@ import time
 
 import ipywidgets as w
 
+from ..collectors import is_telemetry
 from ..models import RunStatus
 from ._html import badge, duration, esc, number, sparkline, table
 from ._ticker import ticker
@@ -117,7 +118,7 @@ class RunCard(w.VBox):
         return changed | self._set(self.bar_label, "value", label)
 
     def _refresh_metrics(self) -> bool:
-        values = self._current_values()
+        values = {k: v for k, v in self._current_values().items() if not is_telemetry(k)}
         if not values:
             return False
         self._values = values

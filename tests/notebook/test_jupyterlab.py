@@ -96,4 +96,4 @@ def test_run_card_progress_advances_and_completes_in_jupyterlab(lab, store_path,
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-run-card.png"), full_page=True)
             browser.close()
     assert read_only(store_path, "SELECT name, status FROM runs") == [("browser-run", "completed")]
-    assert read_only(store_path, "SELECT count(*) FROM metrics") == [(150,)]
+    assert read_only(store_path, "SELECT count(*) FROM metrics WHERE key = 'loss'") == [(150,)]

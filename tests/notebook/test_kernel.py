@@ -68,7 +68,7 @@ def test_a_grid_cell_runs_in_the_background_and_prints_into_its_cards(tmp_path, 
     assert {json.dumps(json.loads(p), sort_keys=True) for _n, _s, p in rows} == {
         json.dumps({"bs": bs, "lr": lr}, sort_keys=True) for lr in (0.1, 0.01) for bs in (8, 16)
     }
-    assert read_only(store_path, "SELECT count(*), count(DISTINCT run_id) FROM metrics") == [(800, 4)]
+    assert read_only(store_path, "SELECT count(*), count(DISTINCT run_id) FROM metrics WHERE key = 'loss'") == [(800, 4)]
     outputs = [text for text in output_widgets(nb) if text]
     assert sorted(outputs) == sorted(
         f"hello from sweep lr={lr} bs={bs} lr={lr} bs={bs}\n" for lr in (0.1, 0.01) for bs in (8, 16)
@@ -112,7 +112,7 @@ def test_wait_process_executor_and_notebook_variables(tmp_path, store_path, read
         ],
         tmp_path,
     )
-    scores = read_only(store_path, "SELECT r.name, m.value FROM metrics m JOIN runs r USING (run_id) ORDER BY r.name")
+    scores = read_only(store_path, "SELECT r.name, m.value FROM metrics m JOIN runs r USING (run_id) WHERE m.key = 'score' ORDER BY r.name")
     assert scores == [("proc", 6.0), ("thread", 15.0)]
     assert read_only(store_path, "SELECT executor, status FROM runs ORDER BY name") == [
         ("process", "completed"), ("thread", "completed"),

@@ -27,7 +27,7 @@ def test_process_run_logs_from_the_child_and_returns_its_result(settings_env):
     visible, device, gpus, pid = job.output.split(" ", 4)[1:5]
     assert device == "cuda:0" and int(pid) != os.getpid()
     assert visible == gpus.strip("[]")  # CUDA_VISIBLE_DEVICES is the lease
-    points = nx.metrics(job.run_id)
+    points = nx.metrics(job.run_id, "loss")
     assert len(points) == 100 and points.value.iloc[-1] == pytest.approx(0.005)
     row = nx.runs().iloc[0]
     assert row.status == "completed" and row.executor == "process"
@@ -67,7 +67,7 @@ def test_process_retries_across_attempts(store_path, tmp_path):
     assert job.result(timeout=90) == 3 and job.attempts == 3
     events = list(nx.sql("SELECT event FROM events WHERE run_id = ? ORDER BY ts", [job.run_id]).event)
     assert events.count("retry") == 2 and events[-1] == "completed"
-    assert list(nx.metrics(job.run_id).value) == [3.0]
+    assert list(nx.metrics(job.run_id, "n").value) == [3.0]
 
 
 def test_process_run_stuck_in_a_c_call_is_killed_at_timeout(settings_env):

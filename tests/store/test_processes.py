@@ -49,7 +49,7 @@ READER = """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            n = int(nx.sql("SELECT count(*) AS n FROM metrics").n[0])
+            n = int(nx.sql("SELECT count(*) AS n FROM metrics WHERE key = 'x'").n[0])
             assert n >= last, (n, last)
             last = n
             ok += 1
@@ -84,7 +84,7 @@ def test_two_writers_and_a_polling_reader_lose_and_duplicate_nothing(store_path,
     rows = read_only(
         store_path,
         """SELECT r.name, count(*), count(DISTINCT m.step), min(m.step), max(m.step)
-           FROM metrics m JOIN runs r USING (run_id) GROUP BY r.name ORDER BY r.name""",
+           FROM metrics m JOIN runs r USING (run_id) WHERE m.key = 'x' GROUP BY r.name ORDER BY r.name""",
     )
     assert rows == [(f"w{i}", n, n, 0, n - 1) for i, n in enumerate(logged)]
     assert min(logged) > 10_000
@@ -115,7 +115,7 @@ def test_sigkill_while_logging_leaves_a_clean_store_and_a_lost_run(store_path, r
     time.sleep(0.05)  # in the middle of more logging and flushing
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
-    (n, distinct, lo, hi), = read_only(store_path, "SELECT count(*), count(DISTINCT step), min(step), max(step) FROM metrics")
+    (n, distinct, lo, hi), = read_only(store_path, "SELECT count(*), count(DISTINCT step), min(step), max(step) FROM metrics WHERE key = 'x'")
     assert n == distinct == hi + 1 and lo == 0  # a clean prefix: nothing lost, nothing twice
     assert n >= reported  # every point flushed before the kill survived
     assert read_only(store_path, "SELECT status FROM runs") == [("running",)]
@@ -151,7 +151,7 @@ def test_a_store_held_by_a_long_reader_is_waited_out_never_dropped(store_path, r
     waited = time.monotonic() - started
     holder.communicate(timeout=10)
     assert waited > 1.5  # it really had to wait for the reader
-    assert read_only(store_path, "SELECT count(*) FROM metrics") == [(5000,)]
+    assert read_only(store_path, "SELECT count(*) FROM metrics WHERE key = 'x'") == [(5000,)]
     assert run.status == nx.RunStatus.COMPLETED
 
 
@@ -187,7 +187,7 @@ def test_exit_without_ending_marks_the_run(store_path, read_only, run_python):
     )
     assert rows["left-open"] == ("completed", None)
     assert rows["crashes"][0] == "failed" and "RuntimeError: oops" in rows["crashes"][1]
-    assert read_only(store_path, "SELECT count(*) FROM metrics") == [(2,)]
+    assert read_only(store_path, "SELECT count(*) FROM metrics WHERE key = 'x'") == [(2,)]
 
 
 def test_runs_of_this_process_are_not_taken_for_lost(store_path, read_only):
@@ -200,4 +200,4 @@ def test_runs_of_this_process_are_not_taken_for_lost(store_path, read_only):
             get_store(store_path).ensure()
             run.log(x=2.0)
     assert read_only(store_path, "SELECT status FROM runs") == [("completed",)]
-    assert read_only(store_path, "SELECT count(*) FROM metrics") == [(2,)]
+    assert read_only(store_path, "SELECT count(*) FROM metrics WHERE key = 'x'") == [(2,)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -11,11 +12,13 @@ from notebook_exp_viewer.components.export import MetricsExport
 from notebook_exp_viewer.components.metric_chart import MetricChart
 from notebook_exp_viewer.components.parallel_coords import ParallelCoords, scale_axis
 from notebook_exp_viewer.components.params_diff import params_frame
-from notebook_exp_viewer.components.run_detail import RunDetail
+from notebook_exp_viewer.components.run_detail import RunDetail, git_rows
 from notebook_exp_viewer.components.runs_table import RunsTable
 from notebook_exp_viewer.components.scatter import ParamScatter
 from notebook_exp_viewer.state import ViewerState
 from viewer_support import XSS_NAME, XSS_PARAM
+
+from notebook_exp.collectors.git import git_info
 
 
 def curves(chart: MetricChart) -> dict[tuple, int]:
@@ -201,8 +204,10 @@ def test_run_detail_failed_and_rich_run(state, sample):
     assert detail.error.objects == []
     assert detail.metric_keys.value == ["acc", "loss"]
     assert set(curves(detail.chart).values()) == {200}
-    assert detail.sys_chart.keys == ["sys/cpu_percent", "sys/mem_percent"]
-    assert detail.gpu_chart.keys == ["gpu/0/util"]
+    assert {"sys/memory_rss_mb", "sys/system_memory_percent"} <= set(detail.sys_chart.keys)
+    assert all(key.startswith("sys/") for key in detail.sys_chart.keys)
+    assert detail.gpu_chart.keys == ["gpu/0/utilization_percent"]
+    assert ("git commit" in detail.info.object) == (git_info() is not None)  # the runs ran in this checkout
     assert "not bold" in detail.output.objects[0].object and "&lt;b&gt;" in detail.output.objects[0].object
     assert detail.media.texts.value["text"].tolist() == ["the <b>model</b> said hello"]
     assert len(detail.media.histograms.objects) == 1 and len(detail.media.images.objects) == 1
@@ -210,6 +215,16 @@ def test_run_detail_failed_and_rich_run(state, sample):
     assert download.filename == "model.txt" and download.file.endswith("model.txt")
     detail.show("missing")
     assert "No run with id" in detail.header.object
+
+
+def test_git_rows_of_the_run_page():
+    value = json.dumps({"commit": "0123456789abcdef0123", "branch": "main", "dirty": True,
+                        "remote": "https://example.com/r.git", "root": "/src"})
+    assert git_rows(value) == [("git commit", "0123456789ab (uncommitted changes)"), ("git branch", "main"),
+                               ("git remote", "https://example.com/r.git")]
+    assert git_rows(json.dumps({"commit": "abc", "branch": None, "dirty": False})) == [("git commit", "abc")]
+    for missing in (None, float("nan"), "", "not json", "null", "[1]"):
+        assert git_rows(missing) == []
 
 
 def test_app_wiring(sample):

@@ -19,7 +19,7 @@ def test_facets(state):
     assert facets["statuses"] == ["completed", "failed"]
     assert {"sweep", "baseline", XSS_TAG} <= set(facets["tags"])
     assert {"lr", "bs", "opt", "layers"} <= set(facets["params"])
-    assert {"loss", "acc", "sys/cpu_percent", "gpu/0/util"} <= set(facets["metrics"])
+    assert {"loss", "acc", "sys/memory_rss_mb", "gpu/0/utilization_percent"} <= set(facets["metrics"])
     assert state.default_metric_columns() == ["acc", "loss"]
 
 

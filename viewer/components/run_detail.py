@@ -6,6 +6,8 @@ or running, ``refresh()`` re-reads its row and events and grows its charts.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import panel as pn
 
@@ -33,6 +35,22 @@ INFO_FIELDS = [
     ("attempts", "attempts"), ("GPUs", "gpus"), ("dropped points", "dropped"),
 ]
 DEFAULT_KEYS = 4
+
+
+def git_rows(value) -> list[tuple[str, str]]:
+    """Info rows for the run's ``git`` column (JSON text, or missing in older stores)."""
+    if not isinstance(value, str) or not value.strip():
+        return []
+    try:
+        git = json.loads(value)
+    except ValueError:
+        return []
+    if not isinstance(git, dict) or not git.get("commit"):
+        return []
+    commit = str(git["commit"])[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+    rows = [("git commit", commit)]
+    rows += [(f"git {name}", str(git[name])) for name in ("branch", "remote") if git.get(name)]
+    return rows
 
 
 class RunDetail:
@@ -109,7 +127,8 @@ class RunDetail:
             f'<span class="nx-run-status" style="color:{color}; font-weight:bold">'
             f'{title(self.status)}</span> <span>{title(run.get("experiment"))}</span>'
         )
-        self.info.object = kv_table((label, run.get(field)) for label, field in INFO_FIELDS)
+        rows = [(label, run.get(field)) for label, field in INFO_FIELDS]
+        self.info.object = kv_table(rows + git_rows(run.get("git")))
         tags = run.get("tags")
         tag_list = list(tags) if tags is not None and not isinstance(tags, str) else []
         params = sorted(run["params"].items())

@@ -1,0 +1,73 @@
+"""``GpuCollector``: readings of the GPUs a run holds.
+
+Readings (``gpu/<id>/`` metrics, ``<id>`` the physical id ``nvidia-smi`` shows):
+``utilization_percent``, ``memory_used_mb``, ``temperature_c`` and ``power_w``;
+a reading the device does not report is left out.
+
+GPUs are read through this process's scheduler's inventory when it has one
+(so virtual GPUs whose readings a test set are what is logged), else through
+an inventory detected from the settings, as the scheduler would (a process
+run's child sees only its lease).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ..config import Settings
+from ..exceptions import ConfigError, GpuUnavailable
+
+__all__ = ["GpuCollector"]
+
+log = logging.getLogger("notebook_exp.collectors")
+
+_READINGS = (
+    ("utilization_percent", "utilization", 1.0),
+    ("memory_used_mb", "memory_used", 1 / 2**20),
+    ("temperature_c", "temperature", 1.0),
+    ("power_w", "power", 1.0),
+)
+
+
+class GpuCollector:
+    """Reads GPUs by physical id; a GPU that cannot be read is skipped (logged once)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._inventory = None
+        self._failed: set[int] = set()
+
+    def inventory(self):
+        core = sys.modules.get("notebook_exp.scheduler.core")
+        scheduler = getattr(core, "_scheduler", None) if core is not None else None
+        if scheduler is not None:
+            return scheduler.inventory
+        if self._inventory is None:
+            from ..scheduler.gpus import GpuInventory
+
+            self._inventory = GpuInventory.detect(
+                self.settings.fake_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), self.settings.reserved_gpus
+            )
+        return self._inventory
+
+    def sample(self, gpus: list[int]) -> dict[str, float]:
+        """``gpu/<id>/<reading>`` values of every GPU in ``gpus`` that can be read."""
+        if not gpus:
+            return {}
+        inventory = self.inventory()
+        values: dict[str, float] = {}
+        for index in gpus:
+            try:
+                info = inventory.info(index)
+            except (GpuUnavailable, ConfigError) as exc:
+                if index not in self._failed:
+                    self._failed.add(index)
+                    log.warning("no telemetry for GPU %s: %s", index, exc)
+                continue
+            for name, field, scale in _READINGS:
+                reading = getattr(info, field)
+                if reading is not None:
+                    values[f"gpu/{index}/{name}"] = float(reading) * scale
+        return values
