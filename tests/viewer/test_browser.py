@@ -13,6 +13,7 @@ from pathlib import Path
 from playwright.sync_api import expect
 from viewer_support import FAIL_MESSAGE, XSS_ERROR, XSS_NAME, screenshot, stop_process
 
+from notebook_exp.collectors.git import git_info
 from notebook_exp.store import get_store
 
 SWEEP = ["lr-0.1", "lr-0.01", "lr-0.001"]
@@ -33,6 +34,7 @@ CURVES_JS = """() => {
 }"""
 
 
+KEYS_JS = CURVES_JS.replace("out.push(x.length)", "if (x.length) out.push(String(m.tags))")
 RANGES_JS = CURVES_JS.replace("out.push(x.length)", "out.push([Math.min(...x), Math.max(...x)])")
 
 
@@ -131,6 +133,20 @@ def test_run_page_shows_traceback_of_failed_run(page, viewer):
     expect(error).to_contain_text(f"FloatingPointError: {FAIL_MESSAGE}")
     expect(page.locator(".nx-run-status")).to_have_text("failed")
     screenshot(page, "failed-run")
+
+
+def test_run_page_system_tab_shows_real_telemetry_and_git(page, viewer):
+    open_viewer(page, viewer)
+    name_cell(page, "lr-0.1").click()
+    expect(page.locator(".nx-run-status")).to_have_text("completed")
+    if git_info() is not None:  # the sample runs ran in this checkout
+        expect(page.locator(".nx-run-info")).to_contain_text("git commit")
+    page.locator(".bk-tab", has_text="System").click()
+    keys = wait_for(lambda: [k for k in page.evaluate(KEYS_JS) if "sys/memory_rss_mb" in k])
+    assert keys, page.evaluate(KEYS_JS)
+    assert any("gpu/0/utilization_percent" in k for k in page.evaluate(KEYS_JS))
+    expect(page.locator(".nx-sys-chart canvas").first).to_be_visible()
+    screenshot(page, "run-system-tab")
 
 
 def test_markup_in_store_renders_as_text(page, viewer):

@@ -15,6 +15,7 @@ from notebook_exp_viewer.components.params_diff import params_frame
 from notebook_exp_viewer.components.run_detail import RunDetail, git_rows
 from notebook_exp_viewer.components.runs_table import RunsTable
 from notebook_exp_viewer.components.scatter import ParamScatter
+from notebook_exp_viewer.components.telemetry import TelemetryCharts, group_keys
 from notebook_exp_viewer.state import ViewerState
 from viewer_support import XSS_NAME, XSS_PARAM
 
@@ -204,9 +205,12 @@ def test_run_detail_failed_and_rich_run(state, sample):
     assert detail.error.objects == []
     assert detail.metric_keys.value == ["acc", "loss"]
     assert set(curves(detail.chart).values()) == {200}
-    assert {"sys/memory_rss_mb", "sys/system_memory_percent"} <= set(detail.sys_chart.keys)
-    assert all(key.startswith("sys/") for key in detail.sys_chart.keys)
-    assert detail.gpu_chart.keys == ["gpu/0/utilization_percent"]
+    charts = detail.telemetry.charts
+    assert list(charts)[:2] == ["CPU and memory in use (%)", "resident memory (MiB)"]
+    assert charts["resident memory (MiB)"].keys == ["sys/memory_rss_mb"]
+    assert "sys/system_memory_percent" in charts["CPU and memory in use (%)"].keys
+    assert charts["GPU utilisation (%)"].keys == ["gpu/0/utilization_percent"]
+    assert all(chart.x_kind.value == "relative" for chart in charts.values())
     assert ("git commit" in detail.info.object) == (git_info() is not None)  # the runs ran in this checkout
     assert "not bold" in detail.output.objects[0].object and "&lt;b&gt;" in detail.output.objects[0].object
     assert detail.media.texts.value["text"].tolist() == ["the <b>model</b> said hello"]
@@ -215,6 +219,20 @@ def test_run_detail_failed_and_rich_run(state, sample):
     assert download.filename == "model.txt" and download.file.endswith("model.txt")
     detail.show("missing")
     assert "No run with id" in detail.header.object
+
+
+def test_telemetry_keys_are_grouped_by_unit():
+    keys = ["loss", "sys/cpu_percent", "sys/memory_rss_mb", "sys/system_cpu_percent", "gpu/1/power_w",
+            "gpu/0/memory_used_mb", "gpu/1/memory_used_mb", "gpu/0/temperature_c", "sys/open_files"]
+    assert group_keys(keys) == {
+        "CPU and memory in use (%)": ["sys/cpu_percent", "sys/system_cpu_percent"],
+        "resident memory (MiB)": ["sys/memory_rss_mb"],
+        "GPU memory used (MiB)": ["gpu/0/memory_used_mb", "gpu/1/memory_used_mb"],
+        "GPU temperature (\u00b0C)": ["gpu/0/temperature_c"],
+        "GPU power (W)": ["gpu/1/power_w"],
+        "other telemetry": ["sys/open_files"],
+    }
+    assert group_keys(["loss", "acc"]) == {}
 
 
 def test_git_rows_of_the_run_page():
@@ -270,3 +288,17 @@ def test_live_chart_rebuckets_in_memory_and_keeps_extremes(state, sample):
     assert kept["value"].max() == 9.0 and kept["value"].min() == -7.0
     assert kept["x"].is_monotonic_increasing
     assert chart.base_span == 999.0
+
+
+def test_telemetry_charts_follow_new_kinds_of_readings(state, sample):
+    run_id = sample[1]["lr-0.1"]
+    charts = TelemetryCharts(state)
+    charts.show(run_id, ["loss", "sys/memory_rss_mb"])
+    assert list(charts.charts) == ["resident memory (MiB)"]
+    first = charts.charts["resident memory (MiB)"]
+    charts.refresh(["loss", "sys/memory_rss_mb", "gpu/0/utilization_percent"])
+    assert list(charts.charts) == ["resident memory (MiB)", "GPU utilisation (%)"]
+    assert charts.charts["resident memory (MiB)"] is first  # kept, not rebuilt
+    assert len(charts.layout.objects) == 2
+    charts.show(run_id, ["loss"])
+    assert charts.charts == {} and "No system or GPU telemetry" in charts.layout.objects[0].object

@@ -33,10 +33,11 @@ WINDOW_MARGIN = 0.25  # a zoomed chart reads this fraction of its width more on 
 
 
 class MetricChart:
-    """Lines for every (run, key) pair of ``set_series``, with x kind, log scale and smoothing."""
+    """Lines for every (run, key) pair of ``set_series``, with x kind (``x``: one of
+    ``X_LABELS``), log scale and smoothing."""
 
     def __init__(self, state, height: int = 360, width: int = DEFAULT_WIDTH, title: str = "",
-                 css_class: str = "nx-chart") -> None:
+                 css_class: str = "nx-chart", x: str = "step") -> None:
         self.state = state
         self.height = height
         self.width = width
@@ -53,7 +54,7 @@ class MetricChart:
         self.sources: dict[tuple[str, str], tuple[ColumnDataSource, ColumnDataSource]] = {}
         self.marks: dict[tuple[str, str], object] = {}
         self.x_kind = pn.widgets.Select(label="x axis", options={v: k for k, v in X_LABELS.items()},
-                                        value="step", width=170)
+                                        value=x, width=170)
         self.log_y = pn.widgets.Checkbox(label="log scale", value=False, width=100)
         self.smoothing = pn.widgets.FloatSlider(label="smoothing (EMA)", start=0.0, end=0.99, step=0.01,
                                                 value=0.0, width=200)

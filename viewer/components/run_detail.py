@@ -24,6 +24,7 @@ from .common import (
 )
 from .metric_chart import MetricChart
 from .run_media import RunMedia
+from .telemetry import TelemetryCharts
 
 __all__ = ["RunDetail"]
 
@@ -77,9 +78,7 @@ class RunDetail:
         self._choosing = False
         self.metric_keys.param.watch(lambda e: self._choosing or self._plot_metrics(), "value")
         self.chart = MetricChart(state, css_class="nx-run-chart")
-        self.sys_chart = MetricChart(state, height=260, title="system", css_class="nx-sys-chart")
-        self.gpu_chart = MetricChart(state, height=260, title="GPU", css_class="nx-gpu-chart")
-        self.telemetry_note = pn.pane.HTML("")
+        self.telemetry = TelemetryCharts(state)
         self.output = pn.Column(sizing_mode="stretch_width")
         self.source = pn.Column(sizing_mode="stretch_width")
         self.media = RunMedia(state)
@@ -90,9 +89,7 @@ class RunDetail:
             self.error, self.metric_keys, self.chart.panel(), heading("Status history"), self.events,
             sizing_mode="stretch_width",
         )
-        system = pn.Column(self.telemetry_note, self.sys_chart.panel(controls=False),
-                           self.gpu_chart.panel(controls=False), sizing_mode="stretch_width")
-        tabs = pn.Tabs(("Overview", overview), ("System", system), *self.media.panels().items(),
+        tabs = pn.Tabs(("Overview", overview), ("System", self.telemetry.panel()), *self.media.panels().items(),
                        ("Output", self.output), ("Source", self.source), dynamic=True)
         return pn.Column(self.run_input, self.header, tabs, sizing_mode="stretch_width")
 
@@ -115,8 +112,6 @@ class RunDetail:
         if overview is not None:
             self._render(overview, first=False)
             self.chart.refresh()
-            self.sys_chart.refresh()
-            self.gpu_chart.refresh()
 
     def _render(self, overview: dict, first: bool) -> None:
         run = overview["run"]
@@ -171,12 +166,9 @@ class RunDetail:
             if first or self.metric_keys.value != self.chart.keys:
                 self._plot_metrics()
         if first:
-            sys_keys = [k for k in keys if k.startswith("sys/")]
-            gpu_keys = [k for k in keys if k.startswith("gpu/")]
-            self.sys_chart.set_series([self.run_id], sys_keys, {self.run_id: "this run"})
-            self.gpu_chart.set_series([self.run_id], gpu_keys, {self.run_id: "this run"})
-            none = not sys_keys and not gpu_keys
-            self.telemetry_note.object = message("No system or GPU telemetry for this run.") if none else ""
+            self.telemetry.show(self.run_id, keys)
+        else:
+            self.telemetry.refresh(keys)
 
     def _plot_metrics(self) -> None:
         if self.run_id is None:
