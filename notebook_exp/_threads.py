@@ -42,11 +42,13 @@ class Ticking:
         """Step now rather than at the end of the current interval."""
         self._wake.set()
 
-    def stop(self) -> None:
-        """Stop the thread and wait for it (idempotent; safe from the thread itself)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread and wait for it, at most ``timeout`` seconds (idempotent;
+        safe from the thread itself)."""
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self._thread = None
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            self._thread = None  # else still stuck: ensure_started revives it rather than start a second

@@ -92,12 +92,19 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Seconds between samples of system (sys/*: CPU, memory) and GPU (gpu/<id>/*) telemetry "
-            "logged to every running run; 0 turns telemetry off."
+            "logged to every running run (at least 0.1); 0 turns telemetry off."
         ),
     )
     capture_git: bool = Field(
         True, description="Record the git commit, branch and dirty state of the working directory with each run."
     )
+
+    @field_validator("telemetry_interval")
+    @classmethod
+    def _check_interval(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("must be 0 (off) or at least 0.1 seconds")
+        return value
 
     @field_validator("sinks", "reserved_gpus", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from pathlib import Path
 import panel as pn
 from tornado.web import RequestHandler
 
+from notebook_exp.collectors import is_telemetry
 from notebook_exp.config import get_settings
 from notebook_exp.exceptions import ConfigError
 
@@ -34,7 +35,7 @@ from .components.params_diff import ParamsDiff
 from .components.run_detail import RunDetail
 from .components.runs_table import RunsTable
 from .components.scatter import ParamScatter
-from .state import TELEMETRY_PREFIXES, ViewerState
+from .state import ViewerState
 
 __all__ = ["ComparePage", "ViewerApp", "create_app", "main", "serve"]
 
@@ -84,8 +85,7 @@ class ComparePage:
             f"Comparing {len(self.run_ids)} run(s)." if self.run_ids
             else "Select runs on the Runs page, then open Compare.")
         keys = sorted(set(data["summary"]["key"])) if len(data["summary"]) else []
-        plain = [k for k in keys if not k.startswith(TELEMETRY_PREFIXES)] + \
-                [k for k in keys if k.startswith(TELEMETRY_PREFIXES)]
+        plain = [k for k in keys if not is_telemetry(k)] + [k for k in keys if is_telemetry(k)]
         current = self.key.value
         self._updating = True
         try:

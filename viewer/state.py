@@ -19,7 +19,7 @@ from typing import NamedTuple
 import pandas as pd
 import param
 
-from notebook_exp.collectors import TELEMETRY_PREFIXES
+from notebook_exp.collectors import is_telemetry
 from notebook_exp.config import get_settings
 from notebook_exp.exceptions import StoreError
 from notebook_exp.store import get_store, utcnow
@@ -104,7 +104,7 @@ class ViewerState(param.Parameterized):
         return self._facets
 
     def default_metric_columns(self) -> list[str]:
-        keys = [k for k in self.facets()["metrics"] if not k.startswith(TELEMETRY_PREFIXES)]
+        keys = [k for k in self.facets()["metrics"] if not is_telemetry(k)]
         return keys[:DEFAULT_METRIC_COLUMNS]
 
     def where(self, **overrides) -> tuple[str, list]:

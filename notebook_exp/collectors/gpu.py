@@ -4,17 +4,16 @@ Readings (``gpu/<id>/`` metrics, ``<id>`` the physical id ``nvidia-smi`` shows):
 ``utilization_percent``, ``memory_used_mb``, ``temperature_c`` and ``power_w``;
 a reading the device does not report is left out.
 
-GPUs are read through this process's scheduler's inventory when it has one
-(so virtual GPUs whose readings a test set are what is logged), else through
-an inventory detected from the settings, as the scheduler would (a process
-run's child sees only its lease).
+GPUs are read through the inventory the run's lease came from (the
+scheduler's, so virtual GPUs whose readings a test set are what is logged),
+else through one detected from the settings as the scheduler would (a
+process run's child sees only its lease).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 
 from ..config import Settings
 from ..exceptions import ConfigError, GpuUnavailable
@@ -40,10 +39,7 @@ class GpuCollector:
         self._failed: set[int] = set()
 
     def inventory(self):
-        core = sys.modules.get("notebook_exp.scheduler.core")
-        scheduler = getattr(core, "_scheduler", None) if core is not None else None
-        if scheduler is not None:
-            return scheduler.inventory
+        """The inventory detected from this collector's settings (made on first use)."""
         if self._inventory is None:
             from ..scheduler.gpus import GpuInventory
 
@@ -52,11 +48,12 @@ class GpuCollector:
             )
         return self._inventory
 
-    def sample(self, gpus: list[int]) -> dict[str, float]:
-        """``gpu/<id>/<reading>`` values of every GPU in ``gpus`` that can be read."""
+    def sample(self, gpus: list[int], inventory=None) -> dict[str, float]:
+        """``gpu/<id>/<reading>`` values of every GPU in ``gpus`` that can be read, through
+        ``inventory`` (default: the one detected from the settings)."""
         if not gpus:
             return {}
-        inventory = self.inventory()
+        inventory = inventory or self.inventory()
         values: dict[str, float] = {}
         for index in gpus:
             try:

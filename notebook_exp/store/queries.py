@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from ..collectors import TELEMETRY_PREFIXES
+from ..collectors import telemetry_sql
 from ..config import get_settings
 from ..exceptions import StoreError
 from .core import get_store
@@ -57,7 +57,8 @@ def runs(
     Columns: run_id, experiment, name, status, created_at, started_at,
     ended_at, duration (seconds), tags, error, ... then ``params.<name>`` for
     every param and ``metrics.<key>`` for the last value of every metric the
-    run logged (telemetry, ``sys/*`` and ``gpu/*``, is in ``nx.metrics``).
+    run logged (telemetry, ``notebook_exp.collectors.SYSTEM_KEYS`` and
+    ``gpu/<id>/<reading>``, is in ``nx.metrics``).
     """
     import pandas as pd
 
@@ -91,7 +92,7 @@ def runs(
     return runs_table(_widen(frame.to_pandas(), last.to_pandas()), target.path)
 
 
-_NOT_TELEMETRY = " AND ".join(f"NOT starts_with(s.key, '{prefix}')" for prefix in TELEMETRY_PREFIXES)
+_NOT_TELEMETRY = f"NOT {telemetry_sql('s.key')}"
 
 
 def _widen(frame, last):

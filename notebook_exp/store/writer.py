@@ -10,8 +10,9 @@ per flush; between windows it is detached so readers get in.
 DuckDB's Python client takes the GIL between execution steps to check for
 Ctrl-C, so a training loop busy in Python makes every step of a commit wait
 up to the interpreter's switch interval (5 ms): a 30 ms commit became 220 ms
-(measured). While a window is open the writer lowers the switch interval to
-``COMMIT_SWITCH_INTERVAL`` and restores it afterwards.
+(measured). While it commits or detaches, the writer lowers the process's
+switch interval (``sys.setswitchinterval``) to ``COMMIT_SWITCH_INTERVAL`` and
+restores it before anyone waiting on that write is woken.
 
 Nothing is dropped: a lock held by another process is waited out (retried
 with jitter, warned about after a few seconds); queued work is cleared only
@@ -41,7 +42,7 @@ MAX_TXN_POINTS = 100_000
 #: Pause after a window that ended with work still queued, so waiting readers
 #: (which retry every 2-10 ms) get the file before the writer takes it again.
 READER_GAP = 0.015
-#: Python's GIL switch interval while a window is open (see the module docstring).
+#: Python's GIL switch interval while the writer commits (see the module docstring).
 COMMIT_SWITCH_INTERVAL = 0.001
 
 
@@ -172,24 +173,24 @@ class StoreWriter:
         """
         opened = time.monotonic()
         saturated = False
-        with _quick_gil_handoff():
-            try:
-                while True:
-                    self._commit(ops)
-                    saturated = time.monotonic() - opened >= self.hold
-                    more = None if saturated else self._take(block=False)
-                    if not more:
-                        break
-                    self._done(ops)
-                    ops = more
-            except BaseException as exc:
-                with self._cond:
-                    for seq, _op in ops:
-                        self._failed.setdefault(seq, exc)
-                raise
-            finally:
-                self.store.release()
+        try:
+            while True:
+                self._commit(ops)
+                saturated = time.monotonic() - opened >= self.hold
+                more = None if saturated else self._take(block=False)
+                if not more:
+                    break
                 self._done(ops)
+                ops = more
+        except BaseException as exc:
+            with self._cond:
+                for seq, _op in ops:
+                    self._failed.setdefault(seq, exc)
+            raise
+        finally:
+            with _quick_gil_handoff():  # DETACH checkpoints: DuckDB work too
+                self.store.release()
+            self._done(ops)
         if saturated:
             time.sleep(READER_GAP)  # let readers in between windows
 
@@ -200,7 +201,7 @@ class StoreWriter:
         started = time.perf_counter()
         for attempt in range(1, 5):
             try:
-                with self.store.session(write=True, timeout=None, keep=True) as conn:
+                with _quick_gil_handoff(), self.store.session(write=True, timeout=None, keep=True) as conn:
                     _run_transaction(conn, ops)
                 self.commit_seconds.append(time.perf_counter() - started)
                 return
@@ -242,8 +243,8 @@ _handoff_set: float | None = None  # the interval the writers set
 
 @contextlib.contextmanager
 def _quick_gil_handoff():
-    """Lower the GIL switch interval while any writer has a window open; restore
-    the previous value after the last one closes, unless someone changed it since."""
+    """Lower the GIL switch interval while any writer commits; restore the previous
+    value when the last one is done, unless someone changed it since."""
     global _handoff_users, _handoff_saved, _handoff_set
     with _handoff_lock:
         _handoff_users += 1

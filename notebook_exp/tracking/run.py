@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import _exit
-from ..collectors import telemetry
+from ..collectors import is_telemetry, telemetry
 from ..collectors.git import git_info
 from ..config import Settings, get_settings
-from ..exceptions import RunCancelled, RunInterrupted, RunTimedOut
+from ..exceptions import InvalidMetric, RunCancelled, RunInterrupted, RunTimedOut
 from ..models import MetricBatch, RunInfo, RunStatus
 from ..sinks import registry
 from ..sinks.dispatch import Dispatcher
@@ -131,6 +131,8 @@ class Run:
         self.gpus: list[int] = []
         #: The device string the run's code should use ("cpu", "cuda:0", ...).
         self.device = "cpu"
+        #: The GPU inventory ``gpus`` were leased from (the scheduler's), for telemetry.
+        self.gpu_inventory = None
 
     # -- identity -----------------------------------------------------------
     @property
@@ -196,6 +198,11 @@ class Run:
 
     def _new_key(self, key: str) -> _Key:
         check_key(key)
+        if self.settings.telemetry_interval and is_telemetry(key):
+            raise InvalidMetric(
+                f"{key!r} is a telemetry key that notebook_exp records itself; log it under another "
+                "name, or turn telemetry off (NOTEBOOK_EXP_TELEMETRY_INTERVAL=0)"
+            )
         rec = self._keys[key] = _Key()
         return rec
 
@@ -214,7 +221,9 @@ class Run:
         """Append readings of the telemetry sampler (its thread; never interrupted)."""
         t = _time()
         for k, v in values.items():
-            rec = self._keys.get(k) or self._new_key(k)
+            rec = self._keys.get(k)
+            if rec is None:
+                rec = self._keys[k] = _Key()
             step = rec.next
             rec.next = step + 1
             rec.add([step, t, v])
@@ -435,6 +444,7 @@ def start_run(
     settings: Settings | None = None,
     run_id: str | None = None,
     columns: dict[str, Any] | None = None,
+    gpu_inventory=None,
 ) -> Run:
     """Start a run now and return it; use it as a context manager to end it.
 
@@ -444,7 +454,8 @@ def start_run(
     ``StoreError`` naming the path if the store cannot be written, and
     ``SinkError`` if a sink fails to load or start. ``run_id`` continues a run
     the store may already have (a queued one); ``columns`` sets more of its
-    ``runs`` columns (the scheduler's attempts and gpus).
+    ``runs`` columns (the scheduler's attempts and gpus); ``gpu_inventory`` is
+    the inventory those gpus were leased from (their telemetry is read there).
     """
     from ..store import get_store, utcnow
 
@@ -466,6 +477,7 @@ def start_run(
     sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     run = Run(info, settings, sink_objs, store_obj)
     run.gpus = list((columns or {}).get("gpus") or [])
+    run.gpu_inventory = gpu_inventory
     _exit.install()
     row = {
         "experiment": experiment, "name": name, "status": "running", "params": json.dumps(params), "tags": tags,

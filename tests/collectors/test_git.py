@@ -61,6 +61,22 @@ def test_outside_a_repository_there_is_nothing(tmp_path):
     assert git.git_info(tmp_path) is None
 
 
+def test_a_repository_without_commits_or_a_deleted_folder_give_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(git, "CACHE_SECONDS", 0.0)
+    _git(tmp_path, "init", "-q")
+    assert git.git_info(tmp_path) is None
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert git.git_info() is None
+
+
+def test_a_remote_url_that_does_not_parse_is_not_stored(repo):
+    _git(repo, "remote", "add", "origin", "https://[oops@example.com/repo")
+    assert git.git_info(repo)["remote"] == "(unparsable URL)"
+
+
 def test_answers_are_cached_per_folder(repo, monkeypatch):
     monkeypatch.setattr(git, "CACHE_SECONDS", 60.0)
     first = git.git_info(repo)

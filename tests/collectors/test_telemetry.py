@@ -47,8 +47,9 @@ def test_a_run_gets_system_readings_while_it_runs(fast_telemetry, store_path, re
 def test_cpu_of_child_processes_and_memory_growth_are_seen(fast_telemetry, store_path, read_only):
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.2: pass\n"
     with nx.start_run("busy-child") as run:
+        time.sleep(telemetry.FIRST_SAMPLE + 2 * INTERVAL)  # a few samples before
         child = subprocess.Popen([sys.executable, "-c", burn])
-        ballast = bytearray(300 * 2**20)  # touched: resident
+        ballast = b"\x01" * (300 * 2**20)  # written: resident
         child.wait(timeout=60)
         time.sleep(3 * INTERVAL)
         del ballast
@@ -71,11 +72,36 @@ def test_a_run_the_sampler_never_got_to_is_sampled_at_its_end_if_it_lasted(fast_
                                                                            monkeypatch):
     monkeypatch.setattr(telemetry.sampler, "step", lambda: None)  # a sampler thread that never gets to it
     with nx.start_run("long enough") as long_run:
-        time.sleep(telemetry.MIN_SAMPLED_RUN + 0.1)
+        time.sleep(telemetry.FIRST_SAMPLE + 0.1)
     with nx.start_run("trivial") as trivial:
         pass
     assert len(_series(store_path, read_only, long_run.run_id, "sys/memory_rss_mb")) == 1
     assert _keys(store_path, read_only, trivial.run_id) == []
+
+
+def test_telemetry_names_are_exact_and_reserved_while_telemetry_is_on(fast_telemetry, store_path, monkeypatch):
+    from notebook_exp.collectors import GPU_READINGS, SYSTEM_KEYS, is_telemetry
+    from notebook_exp.collectors.system import SystemCollector
+
+    collector = SystemCollector()
+    collector.sample()
+    time.sleep(0.05)
+    assert set(collector.sample()) == set(SYSTEM_KEYS)
+    assert all(is_telemetry(f"gpu/3/{reading}") for reading in GPU_READINGS)
+    with nx.start_run("mine") as run:
+        with pytest.raises(nx.InvalidMetric, match="telemetry key"):
+            run.log(**{"sys/cpu_percent": 5.0, "loss": 1.0})
+        run.log(**{"gpu/mem_allocated": 2.0, "sys/epoch_seconds": 3.0})  # the run's own, not telemetry
+    assert "loss" not in nx.metrics(run.run_id)["key"].tolist()  # nothing of the rejected call
+    assert {"metrics.gpu/mem_allocated", "metrics.sys/epoch_seconds"} <= set(nx.runs().columns)
+    monkeypatch.setenv("NOTEBOOK_EXP_TELEMETRY_INTERVAL", "0")
+    reset_settings()
+    with nx.start_run("own-telemetry") as run:
+        run.log(**{"sys/cpu_percent": 5.0})  # telemetry off: the name is free
+    with pytest.raises(ValueError, match="telemetry_interval"):
+        monkeypatch.setenv("NOTEBOOK_EXP_TELEMETRY_INTERVAL", "0.01")
+        reset_settings()
+        nx.get_settings()
 
 
 def test_interval_zero_turns_telemetry_off(monkeypatch, store_path, read_only):
@@ -154,3 +180,20 @@ def test_shutdown_stops_the_sampler_thread(fast_telemetry):
     assert any(t.name == "notebook_exp-telemetry" for t in threading.enumerate())
     nx.testing.shutdown()
     assert not any(t.name == "notebook_exp-telemetry" for t in threading.enumerate())
+
+
+def test_a_process_run_counts_in_its_own_telemetry_not_in_the_kernels(fast_telemetry, store_path, read_only):
+    def burn(run):
+        import time as t
+
+        start = t.process_time()
+        while t.process_time() - start < 2.0:
+            pass
+
+    busy = nx.submit(burn, executor="process")
+    idle = nx.submit(lambda run: time.sleep(2.5))
+    busy.wait(timeout=60)
+    idle.wait(timeout=60)
+    assert busy.status == idle.status == "completed"
+    assert max(_series(store_path, read_only, busy.run_id, "sys/cpu_percent")) > 60
+    assert max(_series(store_path, read_only, idle.run_id, "sys/cpu_percent")) < 40  # the kernel itself idled

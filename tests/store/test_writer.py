@@ -12,7 +12,7 @@ def switch_interval():
     sys.setswitchinterval(before)
 
 
-def test_the_gil_switch_interval_is_lowered_only_while_a_window_is_open(store_path, switch_interval):
+def test_the_gil_switch_interval_is_lowered_only_while_the_writer_commits(store_path, switch_interval):
     writer = get_store(store_path).writer
     seen = []
     writer.submit_call(lambda conn: seen.append(sys.getswitchinterval()))

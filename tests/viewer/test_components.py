@@ -19,6 +19,7 @@ from notebook_exp_viewer.components.telemetry import TelemetryCharts, group_keys
 from notebook_exp_viewer.state import ViewerState
 from viewer_support import XSS_NAME, XSS_PARAM
 
+from notebook_exp.collectors import GPU_READINGS, SYSTEM_KEYS
 from notebook_exp.collectors.git import git_info
 
 
@@ -223,16 +224,17 @@ def test_run_detail_failed_and_rich_run(state, sample):
 
 def test_telemetry_keys_are_grouped_by_unit():
     keys = ["loss", "sys/cpu_percent", "sys/memory_rss_mb", "sys/system_cpu_percent", "gpu/1/power_w",
-            "gpu/0/memory_used_mb", "gpu/1/memory_used_mb", "gpu/0/temperature_c", "sys/open_files"]
+            "gpu/0/memory_used_mb", "gpu/1/memory_used_mb", "gpu/0/temperature_c", "sys/epoch_seconds"]
     assert group_keys(keys) == {
         "CPU and memory in use (%)": ["sys/cpu_percent", "sys/system_cpu_percent"],
         "resident memory (MiB)": ["sys/memory_rss_mb"],
         "GPU memory used (MiB)": ["gpu/0/memory_used_mb", "gpu/1/memory_used_mb"],
         "GPU temperature (\u00b0C)": ["gpu/0/temperature_c"],
         "GPU power (W)": ["gpu/1/power_w"],
-        "other telemetry": ["sys/open_files"],
-    }
+    }  # sys/epoch_seconds is the run's own metric
     assert group_keys(["loss", "acc"]) == {}
+    every = [*SYSTEM_KEYS, *(f"gpu/0/{reading}" for reading in GPU_READINGS)]
+    assert sorted(k for keys in group_keys(every).values() for k in keys) == sorted(every)
 
 
 def test_git_rows_of_the_run_page():

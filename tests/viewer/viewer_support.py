@@ -27,18 +27,17 @@ FAIL_MESSAGE = "diverged: loss is nan at step 7"
 
 def _log_curve(run, lr: float, steps: int = 200, telemetry: bool = False) -> None:
     deadline = time.monotonic() + 30
-    while telemetry and time.monotonic() < deadline and not any(k.startswith("sys/") for k in run.last_values()):
-        time.sleep(0.01)  # the sampler's first reading of this run (real system telemetry)
+    while telemetry and time.monotonic() < deadline and not any(k.startswith("gpu/") for k in run.last_values()):
+        time.sleep(0.01)  # the sampler's first reading of this run (real system and GPU telemetry)
     for step in range(steps):
         loss = math.exp(-lr * 30 * step / steps) + 0.01 * math.sin(step)
         run.log(loss=loss, acc=1 - loss / 2, step=step)
-        if telemetry and step % 10 == 0:  # system telemetry is real; these runs lease no GPU
-            run.log(**{"gpu/0/utilization_percent": 80 + step % 5}, step=step)
 
 
 def make_sample_store(path: Path, artifact_dir: Path) -> dict[str, str]:
     """A sweep of three runs, a failed run and a run full of markup; returns name -> run id."""
     import notebook_exp as nx
+    from notebook_exp.config import Settings
     from notebook_exp.store import close_all, get_store
 
     ids: dict[str, str] = {}
@@ -46,7 +45,9 @@ def make_sample_store(path: Path, artifact_dir: Path) -> dict[str, str]:
     for i, (name, lr, bs) in enumerate(sweep):
         params = {"lr": lr, "bs": bs, "opt": "adam", "layers": 2}
         tags = ["sweep", "baseline"] if i == 0 else ["sweep"]
-        with nx.start_run(name, experiment="mnist", params=params, tags=tags, store=path) as run:
+        # the first run holds virtual GPU 0: its telemetry (system and GPU) is sampled for real
+        gpu = {"settings": Settings(fake_gpus=1), "columns": {"gpus": [0]}} if i == 0 else {}
+        with nx.start_run(name, experiment="mnist", params=params, tags=tags, store=path, **gpu) as run:
             _log_curve(run, lr * 10, telemetry=(i == 0))
             if i == 0:
                 _rich_records(run, artifact_dir)

@@ -11,7 +11,8 @@ import json
 import pandas as pd
 import panel as pn
 
-from ..state import TELEMETRY_PREFIXES
+from notebook_exp.collectors import is_telemetry
+
 from .common import (
     STATUS_COLORS,
     choice_options,
@@ -153,7 +154,7 @@ class RunDetail:
         self.events.value = frame
 
     def _render_charts(self, keys: list[str], first: bool) -> None:
-        plain = [k for k in keys if not k.startswith(TELEMETRY_PREFIXES)]
+        plain = [k for k in keys if not is_telemetry(k)]
         if first or plain != self._keys:
             current = [k for k in self.metric_keys.value if k in plain] if not first else []
             self._keys = plain

@@ -1,16 +1,15 @@
 """The run page's System tab: a run's telemetry, one chart per kind of reading.
 
 Readings of different units never share an axis (a 3,000 MiB line would flatten
-a 40 % one): ``sys/*`` and ``gpu/<id>/*`` keys are grouped by the unit their
-name ends with, and each group gets a chart with time since the run started
-on x. Keys of no known unit share one last chart.
+a 40 % one): telemetry keys are grouped by the unit their name ends with, and
+each group gets a chart with time since the run started on x.
 """
 
 from __future__ import annotations
 
 import panel as pn
 
-from notebook_exp.collectors import TELEMETRY_PREFIXES
+from notebook_exp.collectors import is_telemetry
 
 from .common import message
 from .metric_chart import MetricChart
@@ -26,19 +25,16 @@ TELEMETRY_GROUPS = [
     ("GPU temperature (\u00b0C)", "gpu/", "_c"),
     ("GPU power (W)", "gpu/", "_w"),
 ]
-OTHER = "other telemetry"
 HEIGHT = 220
 
 
 def group_keys(keys: list[str]) -> dict[str, list[str]]:
     """Telemetry keys by chart title, in page order; other keys are left out."""
     groups: dict[str, list[str]] = {}
-    for key in sorted(k for k in keys if k.startswith(TELEMETRY_PREFIXES)):
-        title = next((t for t, prefix, suffix in TELEMETRY_GROUPS
-                      if key.startswith(prefix) and key.endswith(suffix)), OTHER)
+    for key in sorted(k for k in keys if is_telemetry(k)):
+        title = next(t for t, prefix, suffix in TELEMETRY_GROUPS if key.startswith(prefix) and key.endswith(suffix))
         groups.setdefault(title, []).append(key)
-    order = [t for t, _p, _s in TELEMETRY_GROUPS] + [OTHER]
-    return {title: groups[title] for title in order if title in groups}
+    return {title: groups[title] for title, _p, _s in TELEMETRY_GROUPS if title in groups}
 
 
 class TelemetryCharts:

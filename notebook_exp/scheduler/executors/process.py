@@ -21,6 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ...collectors import system
 from ...exceptions import ConfigError
 from ...models import RunStatus
 from .base import Executor, stopped_outcome
@@ -86,6 +87,7 @@ class ProcessExecutor(Executor):
         finally:
             os.close(status_write)
         self._procs[job.run_id] = proc
+        system.separate(proc.pid)  # the child samples its own telemetry
         if job.stop_reason:  # cancelled while the child was being started
             self._terminate(proc)
         threading.Thread(target=self._monitor, args=(job, proc, folder, status_read),
@@ -105,6 +107,7 @@ class ProcessExecutor(Executor):
                     job._progress.total = None if rest[1] == b"-" else int(rest[1])
                     job._progress.touch()
         proc.wait()
+        system.rejoin(proc.pid)
         for reader in readers:
             reader.join()
         self._procs.pop(job.run_id, None)
