@@ -164,7 +164,8 @@ class Run:
 
         Steps are integers within ±2**53 (kept exactly). Raises ``InvalidMetric``
         (a ``TypeError``) naming the key of a value that is not a real number,
-        or a key that is empty or over-long; nothing of that call is logged. Inside a run that was cancelled or timed out,
+        or a key that is empty, over-long or a telemetry name while telemetry is
+        on (``sys/cpu_percent``, ``gpu/0/power_w``, ...); nothing of that call is logged. Inside a run that was cancelled or timed out,
         raises ``RunCancelled`` / ``RunTimedOut`` instead.
         """
         if self._interrupt is not None:
