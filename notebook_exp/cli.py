@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from . import __version__
+from .demo import DEFAULT_STEPS
 
 STORE_HELP = "store file (default: $NOTEBOOK_EXP_STORE or ./.notebook_exp/store.duckdb)"
 
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a small real sweep into the store, print it, then serve the viewer")
     demo.add_argument("--store", help=STORE_HELP)
-    demo.add_argument("--steps", type=int, default=2000, help="training steps per run (default 2000)")
+    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                      help=f"training steps per run (default {DEFAULT_STEPS:,})")
     demo.add_argument("--no-view", dest="view", action="store_false", help="stop after printing the table")
     demo.set_defaults(func=cmd_demo)
 

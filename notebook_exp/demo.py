@@ -2,6 +2,8 @@
 
 Each run trains a logistic-regression classifier with numpy on a synthetic,
 fixed dataset by mini-batch gradient descent and logs loss and accuracy.
+Telemetry is sampled every ``DEMO_TELEMETRY`` seconds (unless turned off), so
+the viewer's System tab has something to show for runs of about a second.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import itertools
 import time
 
-import numpy as np
+__all__ = ["DEFAULT_STEPS", "run_sweep", "train"]
 
-from .tracking.run import start_run
-
-__all__ = ["run_sweep", "train"]
+DEFAULT_STEPS = 60_000
+DEMO_TELEMETRY = 0.25
 
 
 def _dataset(n: int = 4096, features: int = 20, seed: int = 0):
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, features))
     true_w = rng.normal(size=features)
@@ -27,6 +30,8 @@ def _dataset(n: int = 4096, features: int = 20, seed: int = 0):
 def train(run, lr: float, batch_size: int, steps: int, seed: int = 0, eval_every: int = 50) -> float:
     """Train; log the batch ``loss`` every step and the full-data ``acc`` every
     ``eval_every`` steps. Returns the final accuracy."""
+    import numpy as np
+
     x, y = _dataset()
     rng = np.random.default_rng(seed)
     w = np.zeros(x.shape[1])
@@ -44,14 +49,20 @@ def train(run, lr: float, batch_size: int, steps: int, seed: int = 0, eval_every
     return acc
 
 
-def run_sweep(lrs=(0.1, 0.001), batch_sizes=(8, 64), steps: int = 2000, experiment: str = "demo-sweep",
+def run_sweep(lrs=(0.1, 0.001), batch_sizes=(8, 64), steps: int = DEFAULT_STEPS, experiment: str = "demo-sweep",
               store=None) -> list[str]:
     """Run one training per (lr, batch size); returns the run ids."""
+    from .config import get_settings
+    from .tracking.run import start_run
+
+    settings = get_settings()
+    if settings.telemetry_interval:
+        settings = settings.model_copy(update={"telemetry_interval": min(settings.telemetry_interval, DEMO_TELEMETRY)})
     run_ids = []
     for lr, bs in itertools.product(lrs, batch_sizes):
         started = time.perf_counter()
         with start_run(f"lr={lr} bs={bs}", experiment=experiment, params={"lr": lr, "batch_size": bs},
-                       tags=["demo"], store=store) as run:
+                       tags=["demo"], store=store, settings=settings) as run:
             final = train(run, lr, bs, steps)
         print(f"  {run.name:<18} acc={final:.3f}  ({time.perf_counter() - started:.2f} s, {run.points} points)")
         run_ids.append(run.run_id)
