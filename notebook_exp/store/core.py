@@ -10,7 +10,8 @@ in-memory connection and attaches the file only for short sessions::
 
 The writer may hold its attachment for a bounded window when it has more to
 write. All sessions of one process go through one lock, so the writer thread
-and in-process readers never step on each other.
+and in-process readers never step on each other, and all run with a short GIL
+switch interval (``_gil``), so a busy training loop does not stretch them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from ..exceptions import StoreError, StoreLocked
 from . import schema
+from ._gil import quick_gil_handoff
 
 __all__ = ["Store", "close_all", "get_store", "utcnow"]
 
@@ -181,7 +183,7 @@ class Store:
         """
         if timeout is not None and timeout < 0:
             timeout = self.lock_timeout
-        with self._lock:
+        with self._lock, quick_gil_handoff():
             self._attach(write, timeout)
             try:
                 yield self._conn
@@ -195,8 +197,8 @@ class Store:
         return self._ready
 
     def release(self) -> None:
-        """Detach the file if a kept session left it attached."""
-        with self._lock:
+        """Detach the file if a kept session left it attached (DETACH checkpoints: DuckDB work too)."""
+        with self._lock, quick_gil_handoff():
             self._detach()
 
     def recover(self) -> int:

@@ -7,12 +7,9 @@ COMMIT, DETACH. While more work keeps arriving the file stays attached for at
 most ``DEFAULT_HOLD`` seconds so high-rate logging does not pay ATTACH/DETACH
 per flush; between windows it is detached so readers get in.
 
-DuckDB's Python client takes the GIL between execution steps to check for
-Ctrl-C, so a training loop busy in Python makes every step of a commit wait
-up to the interpreter's switch interval (5 ms): a 30 ms commit became 220 ms
-(measured). While it commits or detaches, the writer lowers the process's
-switch interval (``sys.setswitchinterval``) to ``COMMIT_SWITCH_INTERVAL`` and
-restores it before anyone waiting on that write is woken.
+Its sessions, like every store session, and the Arrow building before them run
+with a short GIL switch interval (``_gil.quick_gil_handoff``), so a training
+loop busy in Python does not stretch its commits.
 
 Nothing is dropped: a lock held by another process is waited out (retried
 with jitter, warned about after a few seconds); queued work is cleared only
@@ -22,9 +19,7 @@ before it is committed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -32,6 +27,7 @@ from collections import deque
 from ..exceptions import StoreError
 from ..models import MetricBatch
 from . import schema
+from ._gil import quick_gil_handoff
 
 log = logging.getLogger("notebook_exp.store")
 
@@ -42,8 +38,6 @@ MAX_TXN_POINTS = 100_000
 #: Pause after a window that ended with work still queued, so waiting readers
 #: (which retry every 2-10 ms) get the file before the writer takes it again.
 READER_GAP = 0.015
-#: Python's GIL switch interval while the writer commits (see the module docstring).
-COMMIT_SWITCH_INTERVAL = 0.001
 
 
 class StoreWriter:
@@ -188,20 +182,20 @@ class StoreWriter:
                     self._failed.setdefault(seq, exc)
             raise
         finally:
-            with _quick_gil_handoff():  # DETACH checkpoints: DuckDB work too
-                self.store.release()
+            self.store.release()
             self._done(ops)
         if saturated:
             time.sleep(READER_GAP)  # let readers in between windows
 
     def _commit(self, ops: list) -> None:
-        for _seq, (kind, payload, _params) in ops:
-            if kind == "metrics":
-                payload.to_arrow()  # before taking the file: readers wait less, commits are shorter
+        with quick_gil_handoff():  # numpy and Arrow work: as exposed to a busy loop as DuckDB's
+            for _seq, (kind, payload, _params) in ops:
+                if kind == "metrics":
+                    payload.to_arrow()  # before taking the file: readers wait less, commits are shorter
         started = time.perf_counter()
         for attempt in range(1, 5):
             try:
-                with _quick_gil_handoff(), self.store.session(write=True, timeout=None, keep=True) as conn:
+                with self.store.session(write=True, timeout=None, keep=True) as conn:
                     _run_transaction(conn, ops)
                 self.commit_seconds.append(time.perf_counter() - started)
                 return
@@ -233,32 +227,6 @@ class StoreWriter:
                 callback()
             except Exception:  # noqa: BLE001 - a callback must not stop the writer
                 log.exception("a commit callback failed")
-
-
-_handoff_lock = threading.Lock()
-_handoff_users = 0
-_handoff_saved: float | None = None  # the interval before the first window opened
-_handoff_set: float | None = None  # the interval the writers set
-
-
-@contextlib.contextmanager
-def _quick_gil_handoff():
-    """Lower the GIL switch interval while any writer commits; restore the previous
-    value when the last one is done, unless someone changed it since."""
-    global _handoff_users, _handoff_saved, _handoff_set
-    with _handoff_lock:
-        _handoff_users += 1
-        if _handoff_users == 1:
-            _handoff_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_handoff_saved, COMMIT_SWITCH_INTERVAL))
-            _handoff_set = sys.getswitchinterval()
-    try:
-        yield
-    finally:
-        with _handoff_lock:
-            _handoff_users -= 1
-            if _handoff_users == 0 and sys.getswitchinterval() == _handoff_set:
-                sys.setswitchinterval(_handoff_saved)
 
 
 def _run_transaction(conn, ops: list) -> None:

@@ -21,6 +21,18 @@ def test_the_gil_switch_interval_is_lowered_only_while_the_writer_commits(store_
     assert sys.getswitchinterval() == switch_interval
 
 
+def test_reads_in_this_process_get_the_short_interval_too(store_path, switch_interval):
+    import notebook_exp as nx
+
+    with nx.start_run() as run:
+        run.log(x=1.0)
+    store = get_store(store_path)
+    with store.session() as conn:
+        assert sys.getswitchinterval() <= 0.001
+        assert conn.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
+    assert sys.getswitchinterval() == switch_interval
+
+
 def test_a_switch_interval_set_during_a_window_is_left_alone(store_path, switch_interval):
     writer = get_store(store_path).writer
     writer.submit_call(lambda conn: sys.setswitchinterval(0.02))
