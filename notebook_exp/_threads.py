@@ -1,7 +1,8 @@
 """``Ticking``: a daemon thread that calls ``step()`` every ``interval`` seconds
 (or sooner when ``wake()`` is called), started on first use and stopped by
-``stop()`` (idempotent). Its owner is the object itself; test fixtures stop it
-after each test (STYLE.md item 9)."""
+``stop()`` (idempotent). Its owner is the object itself, which registers its
+``stop`` as a shutdown step (``_exit``) when it first starts, so the thread stops
+at exit and whenever a test fixture runs the shutdown steps."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ class Ticking:
     """Base for the package's periodic background threads."""
 
     thread_name = "notebook_exp-ticking"
+    #: When ``stop`` runs among the shutdown steps (see ``_exit``).
+    shutdown_order = 40
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -21,6 +24,9 @@ class Ticking:
         self._start_lock = threading.Lock()
 
     def ensure_started(self) -> None:
+        from . import _exit
+
+        _exit.on_shutdown(self.stop, self.shutdown_order, name=f"{self.thread_name}@{id(self):x}")
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()

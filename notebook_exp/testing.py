@@ -108,7 +108,8 @@ def temporary_store(path: str | os.PathLike | None = None) -> Iterator[Path]:
 
 
 def shutdown() -> None:
-    """End live runs, stop the flusher, flush and close every store."""
-    from .tracking.run import shutdown as _shutdown
+    """Run the package's shutdown steps, as at exit: stop the scheduler, end live
+    runs, stop every background thread, flush and close every store."""
+    from . import _exit
 
-    _shutdown()
+    _exit.shutdown()

@@ -373,7 +373,7 @@ def get_scheduler() -> Scheduler:
         if _scheduler is None or _scheduler._stopping:
             from .. import _exit
 
-            _exit.install()  # stops this scheduler first at exit
+            _exit.on_shutdown(stop_scheduler, order=10)  # first: no new runs start while others end
             _scheduler = Scheduler()
         return _scheduler
 

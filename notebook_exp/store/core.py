@@ -84,6 +84,9 @@ class Store:
         if self._conn is None:
             import duckdb
 
+            from .. import _exit
+
+            _exit.install()  # duckdb registered its own atexit callback: ours must run before it
             self._conn = duckdb.connect(
                 ":memory:",
                 config={
@@ -309,7 +312,7 @@ def get_store(path: str | os.PathLike, lock_timeout: float | None = None) -> Sto
     """The process-wide ``Store`` for a path (one connection per file)."""
     from .. import _exit
 
-    _exit.install()
+    _exit.on_shutdown(close_all, order=90)  # last: commits what every other step queued
     key = Path(path).expanduser().absolute()
     with _stores_lock:
         store = _stores.get(key)

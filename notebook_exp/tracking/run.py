@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 import traceback
@@ -479,7 +478,7 @@ def start_run(
     run = Run(info, settings, sink_objs, store_obj)
     run.gpus = list((columns or {}).get("gpus") or [])
     run.gpu_inventory = gpu_inventory
-    _exit.install()
+    _exit.on_shutdown(end_live_runs, order=20)
     row = {
         "experiment": experiment, "name": name, "status": "running", "params": json.dumps(params), "tags": tags,
         "started_at": now, "host": _host(), "pid": os.getpid(), "pid_started": _pid_started(),
@@ -547,29 +546,15 @@ def _pid_started() -> float:
     return _started[pid]
 
 
-def live_runs() -> list[Run]:
-    """Runs of this process that have not ended."""
-    return list(_live.values())
-
-
-def shutdown() -> None:
-    """Stop the scheduler (if one runs), end every live run (``failed`` if an
-    uncaught exception is ending the interpreter, else ``completed``), stop the
-    flusher, the telemetry sampler and the widget ticker, and close the stores. Runs at interpreter
-    exit; idempotent."""
-    from ..store import close_all
-
-    scheduler = sys.modules.get("notebook_exp.scheduler.core")
-    if scheduler is not None:
-        scheduler.stop_scheduler()
+def end_live_runs() -> None:
+    """End every run of this process that is still live: ``failed`` if an uncaught
+    exception is ending the interpreter, else ``completed``. A shutdown step (see
+    ``_exit``): runs at interpreter exit, after the scheduler stopped; idempotent."""
     for run in list(_live.values()):
-        if _exit.uncaught:
-            run.end(*outcome(_exit.uncaught[-1]))
-        else:
-            run.end(RunStatus.COMPLETED)
-    flusher.stop()
-    telemetry.sampler.stop()
-    widgets = sys.modules.get("notebook_exp.widgets._ticker")
-    if widgets is not None:
-        widgets.ticker.stop()
-    close_all()
+        try:
+            if _exit.uncaught:
+                run.end(*outcome(_exit.uncaught[-1]))
+            else:
+                run.end(RunStatus.COMPLETED)
+        except Exception:  # noqa: BLE001 - one run's store error must not keep the others open
+            log.exception("ending run %s at shutdown failed", run.run_id)

@@ -21,6 +21,7 @@ class Ticker(Ticking):
     """Owner of the refresh thread; widgets ``add`` themselves and leave when ``tick()`` returns False."""
 
     thread_name = "notebook_exp-widgets"
+    shutdown_order = 30  # after runs ended: their cards show the final state first
 
     def __init__(self, rate: float = RATE) -> None:
         super().__init__(1.0 / rate)
