@@ -75,6 +75,8 @@ class Store:
         self._ready = False  # schema checked and lost runs recovered
         self._writer = None
         self._writer_lock = threading.Lock()
+        self._waiting_for: int | None = None
+        self.warn_after = DEFAULT_WARN_AFTER
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -96,10 +98,12 @@ class Store:
             )
         return self._conn
 
-    def _attach(self, write: bool, timeout: float | None) -> None:
+    def _try_attach(self, write: bool) -> int | None:
+        """Attach the file now, under ``self._lock``: None once attached, else the PID
+        (or 0 when unknown) of the process whose lock stands in the way."""
         want = "rw" if write else "ro"
         if self._mode == want:
-            return  # a read never reuses a read-write attachment: queries stay read-only
+            return None  # a read never reuses a read-write attachment: queries stay read-only
         if self._mode is not None:
             self._detach()
         if write:
@@ -108,32 +112,56 @@ class Store:
             raise StoreError(f"no store at {self.path} (nothing has been logged there yet)")
         conn = self._connection()
         quoted = str(self.path).replace("'", "''")
-        sql = f"ATTACH '{quoted}' AS store" + ("" if write else " (READ_ONLY)")
-        start = time.monotonic()
-        warned = False
         import duckdb
 
-        while True:
-            try:
-                conn.execute(sql)
-                break
-            except duckdb.Error as exc:
-                if not _is_lock_conflict(exc):
-                    raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-                waited = time.monotonic() - start
-                if timeout is not None and waited >= timeout:
-                    raise StoreLocked(str(self.path), holder_pid(exc), waited) from exc
-                if not warned and waited >= DEFAULT_WARN_AFTER:
-                    warned = True
-                    log.warning(
-                        "store %s is held by process %s for %.0f s; still waiting",
-                        self.path, holder_pid(exc), waited,
-                    )
-                time.sleep(random.uniform(0.002, 0.010))
+        try:
+            conn.execute(f"ATTACH '{quoted}' AS store" + ("" if write else " (READ_ONLY)"))
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            return holder_pid(exc) or 0
         conn.execute("USE store")
         self._mode = want
         if write and not self._ready:
             self._prepare(conn)
+        return None
+
+    def _acquire(self, write: bool, timeout: float | None) -> None:
+        """Take ``self._lock`` and attach the file, waiting at most ``timeout`` seconds
+        (None: for ever) for this process's other sessions and other processes' locks.
+
+        Between two tries the lock is let go, so this process's other sessions (an
+        in-kernel viewer, a flush) are never stuck behind a writer that waits out
+        another process. Raises ``StoreLocked`` naming the holder's PID.
+        """
+        start = time.monotonic()
+        warned = False
+        while True:
+            left = None if timeout is None else timeout - (time.monotonic() - start)
+            if not self._lock.acquire(timeout=-1 if left is None else max(left, 0.0)):
+                raise StoreLocked(str(self.path), os.getpid(), time.monotonic() - start)
+            try:
+                holder = self._try_attach(write)
+            except BaseException:
+                self._lock.release()
+                raise
+            if holder is None:
+                if write:
+                    self._waiting_for = None
+                return
+            self._lock.release()
+            waited = time.monotonic() - start
+            if write:
+                self._waiting_for = holder
+            if timeout is not None and waited >= timeout:
+                raise StoreLocked(str(self.path), holder or None, waited)
+            if not warned and waited >= self.warn_after:
+                warned = True
+                log.warning(
+                    "store %s is held by process %s for %.0f s; still waiting",
+                    self.path, holder or "?", waited,
+                )
+            time.sleep(random.uniform(0.002, 0.010))
 
     def _detach(self) -> None:
         if self._mode is None:
@@ -179,20 +207,30 @@ class Store:
     def session(self, write: bool = False, timeout: float | None = -1.0, keep: bool = False) -> Iterator:
         """Attach the file (read-write or read-only) and yield the connection.
 
-        ``timeout`` is how long to wait for another process's lock: ``None``
-        waits for ever (writers never drop data), the default is the store's
-        ``lock_timeout``. With ``keep`` the file stays attached afterwards
-        until :meth:`release` (the writer's bounded window).
+        ``timeout`` is how long to wait, in all, for this process's other sessions
+        and another process's lock: ``None`` waits for ever (writers never drop
+        data), the default is the store's ``lock_timeout``; past it ``StoreLocked``
+        names the holder. With ``keep`` the file stays attached afterwards until
+        :meth:`release` (the writer's bounded window).
         """
         if timeout is not None and timeout < 0:
             timeout = self.lock_timeout
-        with self._lock, quick_gil_handoff():
-            self._attach(write, timeout)
+        with quick_gil_handoff():
+            self._acquire(write, timeout)
             try:
                 yield self._conn
             finally:
-                if not keep:
-                    self._detach()
+                try:
+                    if not keep:
+                        self._detach()
+                finally:
+                    self._lock.release()
+
+    @property
+    def waiting_for(self) -> int | None:
+        """The PID of the process whose lock this process's writer is waiting out
+        right now (0 when DuckDB did not name it), else None."""
+        return self._waiting_for
 
     @property
     def ready(self) -> bool:
@@ -214,7 +252,7 @@ class Store:
             pass
 
     # -- reading ------------------------------------------------------------
-    def query(self, sql: str, params=None):
+    def query(self, sql: str, params=None, timeout: float | None = -1.0):
         """Run a read-only query and return a pandas DataFrame.
 
         The file is held only while DuckDB runs the query; the conversion to
@@ -222,11 +260,11 @@ class Store:
         """
         import pandas  # noqa: F401 - imported before the file is taken
 
-        return self.query_arrow(sql, params).to_pandas()
+        return self.query_arrow(sql, params, timeout).to_pandas()
 
-    def query_arrow(self, sql: str, params=None):
-        """Run a read-only query and return a pyarrow Table."""
-        with self.session(write=False) as conn:
+    def query_arrow(self, sql: str, params=None, timeout: float | None = -1.0):
+        """Run a read-only query and return a pyarrow Table (``timeout``: see :meth:`session`)."""
+        with self.session(write=False, timeout=timeout) as conn:
             return conn.sql(sql, params=params).to_arrow_table()
 
     # -- writing ------------------------------------------------------------
