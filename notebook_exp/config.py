@@ -72,6 +72,21 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a reader waits for a store held by another process before raising StoreLocked.",
     )
+    spill_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder for spills: writes kept on disk while the store cannot be written (a full disk), "
+            "ingested by the next writer (default: <store file>.spill beside the store, else the temp dir)."
+        ),
+    )
+    outage_points: int = Field(
+        5_000_000,
+        ge=1,
+        description=(
+            "Metric points held in memory while the store cannot be written before they are spilled; "
+            "past it, with no spill possible either, points are dropped and counted (runs.dropped)."
+        ),
+    )
     max_concurrent: int | None = Field(
         None, ge=1, description="Runs this process's scheduler runs at once (default: the CPU count, at least 2)."
     )

@@ -9,7 +9,8 @@ Some also derive from the builtin a caller would naturally catch::
     ├── InvalidMetric               a value or key run.log can't take (+ TypeError)
     ├── MissingDependency           an optional extra is not installed (+ ImportError)
     ├── StoreError                  the DuckDB store cannot be used
-    │   └── StoreLocked             another process holds the file (names its PID)
+    │   ├── StoreLocked             another process holds the file (names its PID)
+    │   └── StoreUnavailable        the store cannot be written now (full disk, I/O error)
     ├── SinkError                   a sink plugin failed to load or start
     ├── RunInterrupted              raised inside a run by its next run.log()
     │   ├── RunCancelled
@@ -33,6 +34,7 @@ __all__ = [
     "SinkError",
     "StoreError",
     "StoreLocked",
+    "StoreUnavailable",
 ]
 
 
@@ -74,6 +76,23 @@ class StoreLocked(StoreError):
         super().__init__(
             f"store {path} is locked by {holder}; gave up after {waited:.1f} s "
             "(a reader that keeps the file open blocks writers: close it)"
+        )
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be written now (a full disk, an I/O error): ``pending`` points
+    are held in memory and retried, ``spilled`` are in a spill (``spill_path``)."""
+
+    def __init__(self, path: str, reason: str, pending: int, spilled: int = 0, spill_path=None) -> None:
+        self.path = path
+        self.reason = reason
+        self.pending = pending
+        self.spilled = spilled
+        self.spill_path = spill_path
+        where = f"; {spilled:,} points are in spill {spill_path}" if spilled else ""
+        super().__init__(
+            f"store {path} cannot be written ({reason}): {pending:,} points are held in memory and "
+            f"retried{where}; they are stored when the store can be written again"
         )
 
 

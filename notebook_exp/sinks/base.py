@@ -16,7 +16,10 @@ Everything after ``start_run`` runs on one worker thread per sink and run, so a
 sink needs no locking of its own and a slow sink never blocks ``run.log`` nor
 other sinks. A sink whose methods never block (they only hand work to a queue
 of their own, like the DuckDB sink) may set ``threaded = False``: it is then
-called inline, in order, from the threads that log, flush and end the run. A call that raises is retried with backoff (``sink_retries``
+called inline, in order, from the threads that log, flush and end the run, and
+its ``flush()`` only starts making things durable; ``run.flush(timeout)`` then
+calls ``wait_flushed(timeout)`` outside every lock, and what that raises
+(``StoreUnavailable``, say) reaches the caller of ``run.flush``. A call that raises is retried with backoff (``sink_retries``
 times); if it still fails the sink is disabled for the rest of the run with one
 warning, and the other sinks lose nothing. Errors from ``end_run``/``close`` are
 logged and never replace the run's own outcome.
@@ -72,6 +75,11 @@ class Sink:
 
     def flush(self) -> None:
         """Make everything received so far durable (``run.flush()`` waits for this)."""
+
+    def wait_flushed(self, timeout: float | None) -> bool:
+        """Non-threaded sinks: wait at most ``timeout`` seconds until what ``flush()``
+        started is durable; False if it is not in time."""
+        return True
 
     def end_run(self, status: RunStatus, error: str | None) -> None:
         """The run ended; ``error`` is the reason or traceback when it did not complete."""

@@ -69,6 +69,13 @@ class SinkWorker:
             self._pending_rows += rows
             self._cond.notify()
 
+    def sync(self):
+        """Queue ``flush`` and return how to wait until the worker did it."""
+        event = threading.Event()
+        self.put("flush", ())
+        self.put("__sync__", (event,))
+        return event.wait
+
     def finish(self, status: RunStatus, error: str | None) -> None:
         """Queue ``end_run`` and ``close``; no more puts are taken."""
         with self._cond:
@@ -165,6 +172,15 @@ class InlineSink(SinkWorker):
     def join(self, timeout: float | None) -> bool:
         return True
 
+    def sync(self):
+        """Ask the sink to ``flush`` (under the lock) and return how to wait for it
+        (``wait_flushed``, called outside the lock: one run's wait never holds up
+        another's flush)."""
+        self.put("flush", ())
+        if self.disabled:
+            return lambda _timeout: True
+        return self.sink.wait_flushed
+
 
 class Dispatcher:
     """The sinks of one run."""
@@ -201,16 +217,11 @@ class Dispatcher:
 
     def sync(self, timeout: float | None = None) -> bool:
         """Ask every sink to ``flush`` and wait until all did (or ``timeout``)."""
-        events = []
-        for worker in self.workers:
-            event = threading.Event()
-            worker.put("flush", ())
-            worker.put("__sync__", (event,))
-            events.append(event)
+        waits = [worker.sync() for worker in self.workers]
         deadline = None if timeout is None else time.monotonic() + timeout
-        for event in events:
+        for wait in waits:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not event.wait(left):
+            if not wait(left):
                 return False
         return True
 

@@ -72,7 +72,12 @@ class DuckDBSink(Sink):
         )
 
     def flush(self) -> None:
-        self._writer.flush()
+        """Nothing to start: the store's writer commits everything queued, in order."""
+
+    def wait_flushed(self, timeout: float | None) -> bool:
+        """Wait until the writer committed everything queued so far (``StoreUnavailable``
+        while the store cannot be written, with this run's points pending)."""
+        return self._writer.flush(timeout, run_id=self._run_id)
 
     def end_run(self, status: RunStatus, error: str | None) -> None:
         """Nothing to wait for: the run records its end after this, and the writer

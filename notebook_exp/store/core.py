@@ -66,9 +66,14 @@ def holder_pid(exc: Exception) -> int | None:
 class Store:
     """A store file and this process's one connection to it."""
 
-    def __init__(self, path: str | os.PathLike, lock_timeout: float = 120.0) -> None:
+    def __init__(self, path: str | os.PathLike, lock_timeout: float = 120.0, *, spill_dir=None,
+                 outage_points: int | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
+        #: Where spills go (None: ``<store file>.spill`` beside the store; see ``spill.py``).
+        self.spill_dir = Path(spill_dir).expanduser().absolute() if spill_dir is not None else None
+        #: Points the writer holds in memory during an outage before it spills them.
+        self.outage_points = outage_points
         self._lock = threading.RLock()
         self._conn = None
         self._mode: str | None = None  # None, "ro" or "rw"
@@ -102,28 +107,27 @@ class Store:
         """Attach the file now, under ``self._lock``: None once attached, else the PID
         (or 0 when unknown) of the process whose lock stands in the way."""
         want = "rw" if write else "ro"
-        if self._mode == want:
-            return None  # a read never reuses a read-write attachment: queries stay read-only
-        if self._mode is not None:
-            self._detach()
-        if write:
-            self._make_parent()
-        elif not self.path.exists():
-            raise StoreError(f"no store at {self.path} (nothing has been logged there yet)")
-        conn = self._connection()
-        quoted = str(self.path).replace("'", "''")
-        import duckdb
+        if self._mode != want:  # a read never reuses a read-write attachment: queries stay read-only
+            if self._mode is not None:
+                self._detach()
+            if write:
+                self._make_parent()
+            elif not self.path.exists():
+                raise StoreError(f"no store at {self.path} (nothing has been logged there yet)")
+            conn = self._connection()
+            quoted = str(self.path).replace("'", "''")
+            import duckdb
 
-        try:
-            conn.execute(f"ATTACH '{quoted}' AS store" + ("" if write else " (READ_ONLY)"))
-        except duckdb.Error as exc:
-            if not _is_lock_conflict(exc):
-                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-            return holder_pid(exc) or 0
-        conn.execute("USE store")
-        self._mode = want
+            try:
+                conn.execute(f"ATTACH '{quoted}' AS store" + ("" if write else " (READ_ONLY)"))
+            except duckdb.Error as exc:
+                if not _is_lock_conflict(exc):
+                    raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+                return holder_pid(exc) or 0
+            conn.execute("USE store")
+            self._mode = want
         if write and not self._ready:
-            self._prepare(conn)
+            self._prepare(self._conn)
         return None
 
     def _acquire(self, write: bool, timeout: float | None) -> None:
@@ -170,8 +174,9 @@ class Store:
         try:
             conn.execute("USE memory")
             conn.execute("DETACH store")
-        except Exception:  # noqa: BLE001 - e.g. a transaction left aborted: start clean
-            log.warning("detaching %s failed; reopening the connection", self.path, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. a transaction left aborted, a full disk: start clean
+            log.warning("detaching %s failed (%s); reopening the connection", self.path,
+                        str(exc).splitlines()[0])
             self._conn = None
             try:
                 conn.close()  # closing the in-memory database releases the file
@@ -188,19 +193,31 @@ class Store:
             raise StoreError(f"cannot write store {self.path}: permission denied")
 
     def _prepare(self, conn) -> None:
-        conn.execute("BEGIN")
-        try:
+        """First write session of this process (or the first after an outage): the
+        schema, then every pending spill (older than anything queued now), then runs
+        of dead processes."""
+        from . import spill
+
+        def transaction(work) -> None:
+            conn.execute("BEGIN")
+            try:
+                work()
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+
+        def create() -> None:
             conn.execute(schema.TABLES)
             conn.execute(schema.MIGRATIONS)
             conn.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
                 [schema.SCHEMA_VERSION],
             )
-            _recover_lost_runs(conn)
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
+
+        transaction(create)
+        spill.ingest(conn, self.path, self.spill_dir, HOST)
+        transaction(lambda: _recover_lost_runs(conn))
         self._ready = True
 
     @contextlib.contextmanager
@@ -246,10 +263,37 @@ class Store:
         """Queue a check for runs of dead processes (see ``_recover_lost_runs``); returns its write's sequence."""
         return self.writer.submit_call(_recover_lost_runs)
 
-    def ensure(self) -> None:
-        """Create the file and schema now; raises ``StoreError`` naming the path."""
-        with self.session(write=True, timeout=self.lock_timeout):
-            pass
+    def ensure(self, timeout: float | None = -1.0) -> bool:
+        """Create the file and schema now (and ingest spills, recover lost runs);
+        raises ``StoreError`` naming the path if it cannot be written. Waits at most
+        ``timeout`` seconds (default ``lock_timeout``) for a lock; with ``timeout=0``
+        it never waits: it returns False, having checked what it could, when the file
+        is held (the writer prepares the store once it gets the file)."""
+        if self._ready:
+            return True
+        try:
+            with self.session(write=True, timeout=timeout):
+                return True
+        except StoreLocked as exc:
+            if timeout != 0:
+                raise
+            if exc.pid == os.getpid():
+                return True  # this process's writer has the file: it prepares the store
+            self._make_parent()
+            return False
+
+    def reset(self) -> None:
+        """Drop the connection (after an outage: DuckDB may have invalidated it); the
+        next write session opens a fresh one and prepares the store again."""
+        with self._lock:
+            self._detach()
+            self._ready = False
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - it is being thrown away
+                    pass
+                self._conn = None
 
     # -- reading ------------------------------------------------------------
     def query(self, sql: str, params=None, timeout: float | None = -1.0):
@@ -279,9 +323,10 @@ class Store:
             return writer
         with self._writer_lock:
             if self._writer is None or self._writer.stopped:
-                from .writer import StoreWriter
+                from .writer import DEFAULT_OUTAGE_POINTS, StoreWriter
 
-                self._writer = StoreWriter(self)
+                self._writer = StoreWriter(self, outage_points=self.outage_points or DEFAULT_OUTAGE_POINTS,
+                                           spill_dir=self.spill_dir)
             return self._writer
 
     def close(self) -> None:
@@ -346,8 +391,10 @@ _stores: dict[Path, Store] = {}
 _stores_lock = threading.Lock()
 
 
-def get_store(path: str | os.PathLike, lock_timeout: float | None = None) -> Store:
-    """The process-wide ``Store`` for a path (one connection per file)."""
+def get_store(path: str | os.PathLike, lock_timeout: float | None = None, settings=None) -> Store:
+    """The process-wide ``Store`` for a path (one connection per file). ``settings``
+    (a ``Settings``) gives its lock timeout, spill folder and outage bound when the
+    store is first opened in this process."""
     from .. import _exit
 
     _exit.on_shutdown(close_all, order=90)  # last: commits what every other step queued
@@ -355,7 +402,12 @@ def get_store(path: str | os.PathLike, lock_timeout: float | None = None) -> Sto
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            store = _stores[key] = Store(key, lock_timeout if lock_timeout is not None else 120.0)
+            if settings is not None:
+                store = Store(key, settings.lock_timeout, spill_dir=settings.spill_dir,
+                              outage_points=settings.outage_points)
+            else:
+                store = Store(key, lock_timeout if lock_timeout is not None else 120.0)
+            _stores[key] = store
         return store
 
 

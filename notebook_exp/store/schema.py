@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     source VARCHAR,
     output VARCHAR,
     dropped BIGINT DEFAULT 0,
+    spilled BIGINT DEFAULT 0,
     spec JSON,
     git JSON
 );
@@ -80,6 +81,10 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE TABLE IF NOT EXISTS payloads (
     run_id VARCHAR PRIMARY KEY, payload BLOB
 );
+CREATE TABLE IF NOT EXISTS spills (
+    name VARCHAR PRIMARY KEY, ingested_at TIMESTAMP, points BIGINT, writes BIGINT,
+    pid INTEGER, host VARCHAR, reason VARCHAR
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR, size BIGINT,
     sha256 VARCHAR, ts TIMESTAMP
@@ -89,6 +94,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
 # Columns added since the first stores were written (each statement is idempotent).
 MIGRATIONS = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS git JSON;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS spilled BIGINT DEFAULT 0;
 """
 
 # __batch arrives grouped by run and key, steps ascending (MetricBatch.to_arrow sorts).

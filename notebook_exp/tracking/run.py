@@ -25,7 +25,15 @@ from .. import _exit
 from ..collectors import is_telemetry, telemetry
 from ..collectors.git import git_info
 from ..config import Settings, get_settings
-from ..exceptions import InvalidMetric, RunCancelled, RunInterrupted, RunTimedOut
+from ..exceptions import (
+    ConfigError,
+    InvalidMetric,
+    RunCancelled,
+    RunInterrupted,
+    RunTimedOut,
+    StoreError,
+    StoreLocked,
+)
 from ..models import MetricBatch, RunInfo, RunStatus
 from ..sinks import registry
 from ..sinks.dispatch import Dispatcher
@@ -41,7 +49,6 @@ _STEP_MIN = -_STEP_MAX
 _time = time.time
 _monotonic = time.monotonic
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_exp_run", default=None)
-END_TIMEOUT = None  # run.end waits until the store committed everything
 
 
 class Progress:
@@ -266,11 +273,15 @@ class Run:
         self._dispatcher.publish("log_image", key, self._rich_step(key, step), _time(), png, width, height)
 
     def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> Path:
-        """Copy a file into the store's ``artifacts/<run_id>/`` folder and record it."""
+        """Copy a file into the store's ``artifacts/<run_id>/`` folder and record it.
+
+        ``name`` (default: the file's name) may hold sub-folders (``"ckpt/last.pt"``)
+        but stays inside the run's folder: an absolute name or one with ``..`` raises
+        ``ConfigError``."""
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"artifact {source} is not a file")
-        name = name or source.name
+        name = artifact_name(name if name is not None else source.name)
         dest = self._store.path.parent / "artifacts" / self.run_id / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dest)
@@ -336,7 +347,13 @@ class Run:
         return len(batch)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Push everything logged so far through every sink and wait until stored."""
+        """Push everything logged so far through every sink and wait until stored.
+
+        Returns True once every sink has it (the store committed it), False if
+        ``timeout`` seconds passed first. While the store cannot be written (a full
+        disk, an I/O error) it raises ``StoreUnavailable`` at once, whose ``pending``
+        counts this run's points held in memory: they are retried, and spilled to disk
+        if the run ends first (see ``notebook_exp.store.writer``)."""
         self._flush(force=True)
         return self._dispatcher.sync(timeout)
 
@@ -371,7 +388,7 @@ class Run:
         try:
             self._flush(force=True)
         finally:
-            self.dropped = self._dispatcher.finish(status, error, timeout=END_TIMEOUT)
+            self.dropped = self._dispatcher.finish(status, error, timeout=self.settings.lock_timeout)
             self._record_end(status, error, requeue, on_recorded)
             _live.pop(self.run_id, None)
             if _current.get() is self:
@@ -397,7 +414,28 @@ class Run:
         )
         seq = writer.event(self.run_id, event, error, on_commit=on_recorded)
         if on_recorded is None:
-            writer.wait(seq)
+            self._settle(writer, seq)
+
+    def _settle(self, writer, seq: int) -> None:
+        """Wait, at most ``lock_timeout``, until the run's end is stored or spilled."""
+        timeout = self.settings.lock_timeout
+        if not writer.wait(seq, timeout, spill=True):
+            holder = self._store.waiting_for
+            if holder is not None:
+                raise StoreLocked(str(self._store.path), holder or None, timeout)
+            raise writer._unavailable(self.run_id)
+        info = writer.spill_of(seq)
+        if info is not None:
+            warnings.warn(
+                f"run {self.run_id} ended while store {self._store.path} could not be written ({info.reason}): "
+                f"its last {info.runs.get(self.run_id, 0):,} points and its final status are in spill {info.path}, "
+                "ingested when a writer next opens the store (or: notebook-exp recover)",
+                RuntimeWarning, stacklevel=4,
+            )
+        lost = writer.dropped.get(self.run_id, 0)
+        if lost:
+            warnings.warn(f"run {self.run_id}: {lost:,} points were dropped while the store could not be written "
+                          "(counted in runs.dropped)", RuntimeWarning, stacklevel=4)
 
     # -- context manager ----------------------------------------------------
     def __enter__(self) -> Run:
@@ -407,8 +445,14 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             self.end(RunStatus.COMPLETED)
-        else:
+            return False
+        try:
             self.end(*outcome(exc))
+        except StoreError as store_error:  # the user's exception goes on; the store's is told with it
+            warnings.warn(f"run {self.run_id}: its end could not be stored: {store_error}", RuntimeWarning,
+                          stacklevel=2)
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"notebook_exp: the run's end could not be stored: {store_error}")
         return False
 
 
@@ -460,7 +504,7 @@ def start_run(
     from ..store import get_store, utcnow
 
     settings = settings or get_settings()
-    store_obj = get_store(store if store is not None else settings.store_path, settings.lock_timeout)
+    store_obj = get_store(store if store is not None else settings.store_path, settings=settings)
     params = clean_params(params)
     tags = clean_tags(tags)
     existing = run_id is not None
@@ -472,8 +516,8 @@ def start_run(
         run_id=run_id, experiment=experiment, name=name, params=params, tags=tags,
         created_at=now, started_at=now, store_path=str(store_obj.path),
     )
-    if not store_obj.ready:
-        store_obj.ensure()
+    if not store_obj.ensure(timeout=0):
+        _warn_held(store_obj, run_id)
     sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     run = Run(info, settings, sink_objs, store_obj)
     run.gpus = list((columns or {}).get("gpus") or [])
@@ -488,7 +532,7 @@ def start_run(
         row["git"] = _as_json(git_info())
     writer = store_obj.writer
     if existing:
-        writer.submit_call(lambda conn: _update_or_insert(conn, run_id, row, now, columns))
+        writer.submit_call(_update_or_insert, run_id, row, now, columns)
     else:
         names = ["run_id", "created_at", *row]
         writer.submit(
@@ -507,6 +551,28 @@ def start_run(
     flusher.add(run)
     telemetry.sampler.watch(run)
     return run
+
+
+def artifact_name(name: str) -> str:
+    """``name`` as a relative path inside a run's artifact folder; ``ConfigError`` otherwise."""
+    text = str(name).replace("\\", "/")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if not text.strip() or text.startswith("/") or Path(text).is_absolute() or ".." in parts or not parts:
+        raise ConfigError(
+            f"artifact name {name!r} must be a relative path inside the run's folder (no '..', not absolute)"
+        )
+    return "/".join(parts)
+
+
+def _warn_held(store, run_id: str) -> None:
+    """The store is held by another process: the run starts anyway, and says so once."""
+    holder = store.waiting_for
+    who = f"process {holder}" if holder else "another process"
+    warnings.warn(
+        f"store {store.path} is held by {who}: run {run_id} starts now and its records wait in memory "
+        "until the file is free (a reader that keeps the file open blocks writers)",
+        RuntimeWarning, stacklevel=3,
+    )
 
 
 def _as_json(value: Any) -> str | None:

@@ -125,23 +125,7 @@ def test_sigkill_while_logging_leaves_a_clean_store_and_a_lost_run(store_path, r
     assert read_only(store_path, "SELECT event FROM events ORDER BY ts") == [("running",), ("lost",)]
 
 
-HOLDER = """
-    import sys, time, duckdb
-    con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "ro")
-    print("holding", flush=True)
-    time.sleep(float(sys.argv[3]))
-    con.close()
-"""
-
-
-def hold(path, mode, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), str(path), mode, str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "holding"
-    return proc
-
-
-def test_a_store_held_by_a_long_reader_is_waited_out_never_dropped(store_path, read_only):
+def test_a_store_held_by_a_long_reader_is_waited_out_never_dropped(store_path, read_only, hold):
     get_store(store_path).ensure()
     holder = hold(store_path, "ro", 3)
     started = time.monotonic()
@@ -155,7 +139,7 @@ def test_a_store_held_by_a_long_reader_is_waited_out_never_dropped(store_path, r
     assert run.status == nx.RunStatus.COMPLETED
 
 
-def test_reader_gives_up_on_a_held_store_naming_the_holder(store_path, monkeypatch):
+def test_reader_gives_up_on_a_held_store_naming_the_holder(store_path, monkeypatch, hold):
     from notebook_exp.config import reset_settings
 
     with nx.start_run():
