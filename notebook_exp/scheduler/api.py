@@ -43,9 +43,13 @@ def submit(
     failing function with exponential backoff from ``retry_backoff`` seconds.
     ``timeout`` stops an attempt after that many seconds. ``executor`` is
     "thread" (in this process) or "process" (a fresh interpreter). ``after``
-    names runs (ids or jobs) that must complete first. Bad arguments raise
-    ``ConfigError`` and nothing is queued; asking for more GPUs than the
-    machine has raises ``GpuUnavailable`` unless ``wait_for_gpus``.
+    names runs (ids or jobs) that must complete first. ``sinks`` takes sink
+    names, ``Sink`` classes or factories (zero-argument callables returning a
+    ``Sink``), which give every attempt a fresh sink, or ``Sink`` instances
+    (only without ``retries``: an instance serves one attempt). Bad arguments
+    raise ``ConfigError`` (an unknown ``after`` id, too) or ``SinkError`` and
+    nothing is queued; asking for more GPUs than the machine has raises
+    ``GpuUnavailable`` unless ``wait_for_gpus``.
     """
     spec = validate(
         fn=fn, params=params or {}, name=name, experiment=experiment, gpus=gpus, gpu_memory=gpu_memory,
@@ -72,13 +76,16 @@ def sweep(fn: Callable[..., Any], grid: dict[str, Iterable] | list[dict[str, Any
           params: dict[str, Any] | None = None, **options: Any) -> list[Job]:
     """Submit one run per combination of ``grid`` (merged over ``params``); returns the jobs.
 
-    Every combination is validated before any is queued.
+    Every combination is validated before any is queued. Each run gets its own
+    sinks, so ``sinks=`` takes names, ``Sink`` classes or factories here; a
+    ``Sink`` instance, which several runs would share, raises ``SinkError``.
     """
-    from .spec import check_signature
+    from .spec import check_signature, check_sinks
 
     combos = [{**(params or {}), **combo} for combo in _combinations(grid)]
     for combo in combos:
         check_signature(fn, combo)
+    check_sinks(options.get("sinks"), runs=len(combos), retries=options.get("retries", 0))
     base = options.pop("name", None)
     jobs = []
     for combo in combos:

@@ -11,6 +11,11 @@ backoff) or records the final status.
 Every state change is written to the store's ``events`` table; queued runs are
 in ``runs`` (status ``queued``) with their function saved in ``payloads``, so a
 later process can ``resubmit`` what a dead one left queued.
+
+The dispatcher's loop lives in ``dispatcher``: it never does store I/O under
+the scheduler's lock, and an unexpected error while it handles a job fails
+that job alone. ``after`` ids are checked at submit: one that is neither a job
+here nor a run in the store is refused.
 """
 
 from __future__ import annotations
@@ -26,31 +31,35 @@ from typing import Any
 
 from ..collectors.git import git_info
 from ..config import Settings, get_settings
-from ..exceptions import ConfigError, GpuUnavailable, MissingDependency
+from ..exceptions import ConfigError, MissingDependency
 from ..models import RunStatus
 from ..tracking.run import new_run_id
+from .deps import LOOKUP_TIMEOUT, DependencyStatuses
+from .dispatcher import DispatchLoop
 from .job import Job
 from .records import RunRecords
-from .spec import ExperimentSpec
+from .spec import ExperimentSpec, check_sinks
 
 __all__ = ["Scheduler", "get_scheduler", "stop_scheduler"]
 
 log = logging.getLogger("notebook_exp.scheduler")
 
-RECOVER_EVERY = 5.0  # seconds between checks for runs whose process died (while work is pending)
-GPU_POLL = 0.05  # how often jobs waiting for a GPU leased by another process look again
-# (a failing try costs ~1-3 ms of CPU; a GPU freed in this process is taken at once)
 
+class Scheduler(DispatchLoop):
+    """Queue, leases and executors of one process. Use ``get_scheduler()``.
 
-class Scheduler:
-    """Queue, leases and executors of one process. Use ``get_scheduler()``."""
+    ``inventory`` is the ``GpuInventory`` to lease from (default: detected from
+    the settings); tests pass fake GPUs, or a subclass that fails on purpose.
+    ``max_concurrent`` caps the attempts running at once.
+    """
 
     def __init__(self, settings: Settings | None = None, inventory=None, max_concurrent: int | None = None):
         from ..store import get_store
 
         self.settings = settings or get_settings()
-        self.store = get_store(self.settings.store_path, self.settings.lock_timeout)
+        self.store = get_store(self.settings.store_path, settings=self.settings)
         self.records = RunRecords(self.store)
+        self.dependencies = DependencyStatuses(self.store)
         self.max_concurrent = max_concurrent or self.settings.max_concurrent or max(2, os.cpu_count() or 2)
         self._inventory = inventory
         self._leases = None
@@ -106,18 +115,26 @@ class Scheduler:
 
     # -- submitting ---------------------------------------------------------
     def submit(self, spec: ExperimentSpec) -> Job:
-        """Queue a validated spec; returns its ``Job`` at once."""
+        """Queue a validated spec; returns its ``Job`` at once.
+
+        Nothing is queued when it raises: ``ConfigError`` for an ``after`` id that is
+        neither a job here nor a run in the store, or what ``process`` cannot ship;
+        ``SinkError`` for a ``Sink`` instance that retries would share;
+        ``GpuUnavailable`` for more GPUs than the machine has (unless ``wait_for_gpus``).
+        """
         if self._stopping:
             raise ConfigError("the scheduler is stopped")
+        check_sinks(spec.sinks, retries=spec.retries)
         self.executor(spec.executor)  # unknown or unavailable executors fail here
         if spec.gpus and not spec.wait_for_gpus:
             self.leases.check(spec.gpus, spec.gpu_memory)
         if spec.executor == "process":
-            from .executors.process import check_picklable
+            from .executors.process import check_picklable, check_sinks_picklable
 
             check_picklable(spec.fn)
-        if not self.store.ready:
-            self.store.ensure()
+            check_sinks_picklable(spec.sinks)
+        self.store.ensure(timeout=0)  # a held store: the run is queued anyway, its rows wait in the writer
+        self._check_dependencies(spec)
         git = git_info() if self.settings.capture_git else None  # cached: a sweep runs git once
         with self._cond:
             job = Job(spec, new_run_id(), self, next(self._seq))
@@ -130,6 +147,16 @@ class Scheduler:
             heapq.heappush(self._heap, (-spec.priority, job.seq, job))
             self._cond.notify_all()
         return job
+
+    def _check_dependencies(self, spec: ExperimentSpec) -> None:
+        """``ConfigError`` for an ``after`` id that is neither a job here nor a run in the
+        store; one the store cannot tell about now (held by another process) is accepted."""
+        for dep in spec.after:
+            if dep not in self._jobs and self.dependencies.exists(dep, LOOKUP_TIMEOUT) is False:
+                raise ConfigError(
+                    f"unknown run id {dep!r} in after=: it is neither a run of this scheduler "
+                    f"nor a run in the store {self.store.path}"
+                )
 
     # -- queries ------------------------------------------------------------
     def jobs(self) -> list[Job]:
@@ -150,117 +177,6 @@ class Scheduler:
     def position(self, job: Job) -> int | None:
         return self.positions().get(job.run_id) if job.status == RunStatus.QUEUED else None
 
-    # -- the dispatcher -----------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping and not self._heap:
-                    return
-                wait = self._dispatch()
-                wait = min(wait, self._check_deadlines())
-                self._maybe_recover()
-                to_start, self._to_start = self._to_start, []
-                if not to_start:
-                    self._cond.wait(wait)
-            for job, lease in to_start:  # thread and process starts take a while: not under the lock
-                self._start(job, lease)
-
-    def _maybe_recover(self) -> None:
-        """While runs are pending, look for runs of dead processes every few seconds,
-        so a killed holder's run is marked lost while others wait for its GPU."""
-        now = time.monotonic()
-        if (self._heap or self._running) and now - self._last_recover >= RECOVER_EVERY:
-            self._last_recover = now
-            self.store.recover()
-
-    def _dispatch(self) -> float:
-        """Start every job that can start; returns how long to sleep at most."""
-        wait = 1.0
-        now = time.monotonic()
-        blocked = []
-        while self._heap and len(self._running) < self.max_concurrent:
-            item = heapq.heappop(self._heap)
-            job = item[2]
-            if job.status != RunStatus.QUEUED:
-                continue  # cancelled while queued
-            ready, hold = self._readiness(job, now)
-            if ready is False:
-                continue  # a dependency failed: the job was cancelled
-            if ready is None:
-                blocked.append(item)
-                wait = min(wait, hold)
-                continue
-            lease = None
-            if job.spec.gpus:
-                try:
-                    lease = self.leases.try_acquire(job.run_id, job.spec.gpus, job.spec.gpu_memory)
-                except GpuUnavailable as exc:
-                    self._finish(job, RunStatus.FAILED, str(exc))
-                    continue
-                if lease is None:
-                    blocked.append(item)
-                    wait = min(wait, GPU_POLL)
-                    continue
-            self._launch(job, lease)
-        for item in blocked:
-            heapq.heappush(self._heap, item)
-        return wait
-
-    def _readiness(self, job: Job, now: float) -> tuple[bool | None, float]:
-        """True: may start; None: not yet (and how long to wait); False: never."""
-        if job.not_before > now:
-            return None, job.not_before - now
-        for dep in job.spec.after:
-            status, error = self._status_of(dep)
-            if status == RunStatus.COMPLETED:
-                continue
-            if status is None or status.terminal:
-                reason = f"dependency {dep} {status.value if status else 'is unknown'}"
-                self._finish(job, RunStatus.CANCELLED, reason + (f": {error.strip().splitlines()[-1]}" if error else ""))
-                return False, 0
-            return None, 1.0
-        return True, 0
-
-    def _status_of(self, run_id: str) -> tuple[RunStatus | None, str | None]:
-        job = self._jobs.get(run_id)
-        if job is not None:
-            return job.status, job.error
-        try:
-            frame = self.store.query_arrow("SELECT status, error FROM runs WHERE run_id = ?", [run_id])
-        except Exception:  # noqa: BLE001 - treat as not known yet
-            return None, None
-        if frame.num_rows == 0:
-            return None, None
-        return RunStatus(frame.column("status")[0].as_py()), frame.column("error")[0].as_py()
-
-    def _launch(self, job: Job, lease) -> None:
-        job.attempts += 1
-        job.gpus = list(lease.gpus) if lease is not None else []
-        job.deadline = time.monotonic() + job.spec.timeout if job.spec.timeout else None
-        job.stop_reason = None
-        self._running[job.run_id] = job
-        if lease is not None:
-            self._held[job.run_id] = lease
-        self._to_start.append((job, lease))
-
-    def _start(self, job: Job, lease) -> None:
-        try:
-            self.executor(job.spec.executor).start(job, lease)
-        except Exception as exc:  # noqa: BLE001 - a run that cannot start fails, the queue goes on
-            log.exception("starting run %s failed", job.run_id)
-            self.attempt_ended(job, RunStatus.FAILED, f"could not start: {exc!r}", None)
-
-    def _check_deadlines(self) -> float:
-        now, wait = time.monotonic(), 1.0
-        for job in list(self._running.values()):
-            if job.deadline is None or job.stop_reason:
-                continue
-            if now >= job.deadline:
-                self.executor(job.spec.executor).stop(job, "timeout")
-            else:
-                wait = min(wait, job.deadline - now)
-        return wait
-
     # -- attempts ending ----------------------------------------------------
     def running(self, job: Job) -> None:
         """Called by executors when the attempt's code starts."""
@@ -277,9 +193,14 @@ class Scheduler:
         The concurrency slot is free at once; the job's new status, its lease and
         (for a retry) its place back in the queue follow once the store has the
         outcome, so the GPU changes hands only after the run's end is recorded.
+        A job the scheduler failed meanwhile (see ``_fail``) keeps that outcome.
         """
+        failed_already = job.status.terminal
+        if failed_already:
+            status, error, result, recorded = job.status, job.error, None, False
         retry = (
             status == RunStatus.FAILED
+            and not failed_already
             and job.stop_reason is None
             and job.attempts <= job.spec.retries
             and not self._stopping
@@ -289,11 +210,11 @@ class Scheduler:
             self._cond.notify_all()
 
         def on_recorded() -> None:
-            lease = self._held.pop(job.run_id, None)
-            if lease is not None:
-                lease.release()
+            self._release(job)
             with self._cond:
-                if retry:
+                if job.status.terminal:
+                    pass  # the scheduler failed it meanwhile (see _fail): that outcome stays
+                elif retry:
                     delay = job.spec.retry_backoff * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
                     job.not_before = time.monotonic() + delay
                     job._set_status(RunStatus.QUEUED, error)
@@ -315,10 +236,15 @@ class Scheduler:
             self.records.clear_attempt_data(job)
 
     def _finish(self, job: Job, status: RunStatus, error: str | None) -> None:
-        """End a job that never started (cancelled while queued, dependency failed).
-        Its status changes now; ``wait()`` returns once the store has it."""
+        """End a job from outside its attempt (cancelled while queued, a dependency
+        failed, a scheduler error). Its status changes now; ``wait()`` returns once the
+        store has it, or at once if the store cannot take it."""
         job._set_status(status, error, done=False)
-        self.records.final(job, status, error, on_commit=job._finalize)
+        try:
+            self.records.final(job, status, error, on_commit=job._finalize)
+        except Exception:  # noqa: BLE001 - e.g. the store's writer stopped: the job still ends
+            log.exception("recording the end of run %s failed", job.run_id)
+            job._finalize()
         self._cond.notify_all()
 
     # -- cancelling and stopping ----------------------------------------------

@@ -76,7 +76,8 @@ class RunRecords:
             self.store.writer.submit(f"DELETE FROM {table} WHERE run_id = ?", [job.run_id])
 
     def final(self, job: Job, status: RunStatus, error: str | None, on_commit=None) -> int:
-        """Write a final status the run's own process could not write (killed, lost)."""
+        """Write a final status the run's own process did not write (it never started,
+        was killed, or was lost)."""
         from ..store import utcnow
 
         writer = self.store.writer

@@ -9,10 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SinkError
 from ..tracking.values import clean_params, clean_tags
 
-__all__ = ["EXECUTORS", "ExperimentSpec", "check_signature", "parse_memory"]
+__all__ = ["EXECUTORS", "ExperimentSpec", "check_signature", "check_sinks", "parse_memory"]
 
 EXECUTORS = ("thread", "process", "ray")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -50,7 +50,9 @@ class ExperimentSpec(BaseModel):
     tags: list[str] = Field(default_factory=list, description="Labels stored with the run.")
     after: list[str] = Field(default_factory=list, description="Run ids that must complete before this starts.")
     wait_for_gpus: bool = Field(False, description="Queue even if the machine has fewer GPUs than asked for.")
-    sinks: list[Any] | None = Field(None, description="Sink names or instances (default: the sinks setting).")
+    sinks: list[Any] | None = Field(
+        None, description="Sink names, Sink classes, factories or instances (default: the sinks setting)."
+    )
     source: str | None = Field(None, description="Source code that produced the run (a cell, a function).")
 
     @field_validator("executor", mode="before")
@@ -115,6 +117,40 @@ def check_signature(fn: Callable, params: dict[str, Any]) -> None:
         raise ConfigError(
             f"{name}{signature} cannot be called as {name}(run, {', '.join(f'{k}=...' for k in params)}): {exc}"
         ) from None
+
+
+def check_sinks(sinks: list | None, runs: int = 1, retries: int = 0) -> None:
+    """Raise ``SinkError`` unless each entry of ``sinks`` is a registered name, a
+    ``Sink`` class, a factory (a callable taking no arguments) or a ``Sink`` instance,
+    and no instance would serve more than one run: a sink sees ``start_run`` to
+    ``close`` once, so an instance is refused for ``runs > 1`` (a sweep) and for
+    ``retries > 0`` (each attempt starts the run again)."""
+    from ..sinks import registry
+
+    for sink in sinks or ():
+        kind = registry.kind(sink)
+        if kind == "factory":
+            _check_factory(sink)
+        elif kind == "instance" and (runs > 1 or retries > 0):
+            shared = f"the {runs} runs of a sweep" if runs > 1 else f"the {retries + 1} attempts of retries={retries}"
+            cls = type(sink).__qualname__
+            raise SinkError(
+                f"one sink instance ({cls}) would be shared by {shared}, but a sink serves one run "
+                f"from start_run to close; pass the class or a factory instead, e.g. "
+                f"sinks=[{cls}] or sinks=[lambda: {cls}(...)]"
+            )
+
+
+def _check_factory(factory: Callable) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # builtins and the like: nothing to check
+    try:
+        signature.bind()
+    except TypeError as exc:
+        name = getattr(factory, "__qualname__", repr(factory))
+        raise SinkError(f"a sink factory is called with no arguments; {name}{signature} cannot be: {exc}") from None
 
 
 def validate(**kwargs: Any) -> ExperimentSpec:

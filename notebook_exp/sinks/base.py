@@ -1,7 +1,9 @@
 """The ``Sink`` contract.
 
 A sink receives what one run logs. notebook_exp makes one sink instance per run
-(from its entry point, or the instance passed in ``sinks=``) and calls, in order::
+(from its entry point, or from the class or factory passed in ``sinks=``; an
+instance passed there serves one run only, so ``sweep`` and retried ``submit``
+refuse one) and calls, in order::
 
     start_run(run)                    in the thread that starts the run; raising
                                       here fails ``start_run`` loudly

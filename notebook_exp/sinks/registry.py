@@ -5,6 +5,9 @@ Built-in sinks (duckdb, jsonl) are registered in this package's own
 
     [project.entry-points."notebook_exp.sinks"]
     mysink = "my_package.sinks:MySink"
+
+:func:`resolve` turns a run's ``sinks=`` list (names, ``Sink`` classes,
+factories, instances) into the sinks of that one run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from importlib.metadata import entry_points
 from ..exceptions import SinkError
 from .base import Sink
 
-__all__ = ["available", "create", "load", "resolve"]
+__all__ = ["available", "create", "kind", "load", "resolve"]
 
 GROUP = "notebook_exp.sinks"
 
@@ -56,14 +59,50 @@ def create(name: str) -> Sink:
     return sink
 
 
+def kind(spec) -> str:
+    """What one ``sinks=`` entry is: ``"name"`` (registered), ``"class"`` (a ``Sink``
+    subclass), ``"instance"`` (a ``Sink``) or ``"factory"`` (any other callable, called
+    with no arguments to make a ``Sink``); ``SinkError`` for anything else."""
+    if isinstance(spec, Sink):
+        return "instance"
+    if isinstance(spec, str):
+        return "name"
+    if isinstance(spec, type):
+        if issubclass(spec, Sink):
+            return "class"
+        raise SinkError(f"sink class {spec.__qualname__} is not a subclass of notebook_exp.sinks.Sink")
+    if callable(spec):
+        return "factory"
+    raise SinkError(
+        f"a sink is a registered name or a Sink class, instance or factory (a callable returning a Sink), not {spec!r}"
+    )
+
+
 def resolve(specs) -> list[Sink]:
-    """Sink instances for a list of names and/or ``Sink`` instances."""
+    """The sinks of one run, from a list of ``sinks=`` entries (see :func:`kind`).
+
+    Names, classes and factories give a new instance on every call, so each run
+    (and each attempt of a retried run) gets its own; an instance is used as it is.
+    """
     sinks: list[Sink] = []
     for spec in specs:
-        if isinstance(spec, Sink):
+        what = kind(spec)
+        if what == "instance":
             sinks.append(spec)
-        elif isinstance(spec, str):
+        elif what == "name":
             sinks.append(create(spec))
         else:
-            raise SinkError(f"a sink is a registered name or a Sink instance, not {spec!r}")
+            sinks.append(_make(spec))
     return sinks
+
+
+def _make(factory) -> Sink:
+    """A sink from a ``Sink`` class or a factory; ``SinkError`` if that fails."""
+    label = getattr(factory, "__qualname__", repr(factory))
+    try:
+        sink = factory()
+    except Exception as exc:
+        raise SinkError(f"sink {label} could not be created: {exc!r}") from exc
+    if not isinstance(sink, Sink):
+        raise SinkError(f"sink factory {label} returned {sink!r}, not a notebook_exp.sinks.Sink")
+    return sink

@@ -250,6 +250,12 @@ class Store:
         return self._waiting_for
 
     @property
+    def outage(self):
+        """The writer's current ``Outage`` (reason, since) while the store cannot be written, else None."""
+        writer = self._writer
+        return writer.outage if writer is not None else None
+
+    @property
     def ready(self) -> bool:
         """Whether this process already created or checked the file and schema."""
         return self._ready

@@ -492,10 +492,13 @@ def start_run(
 ) -> Run:
     """Start a run now and return it; use it as a context manager to end it.
 
-    ``sinks`` takes entry-point names and/or ``Sink`` instances (default: the
-    ``sinks`` setting, ``NOTEBOOK_EXP_SINKS``). ``store`` overrides the store
+    ``sinks`` takes entry-point names, ``Sink`` classes, factories (callables
+    returning a ``Sink``) and ``Sink`` instances (default: the ``sinks`` setting,
+    ``NOTEBOOK_EXP_SINKS``); an instance serves this one run only. ``store`` overrides the store
     file (default: the ``store`` setting, ``NOTEBOOK_EXP_STORE``). Raises
-    ``StoreError`` naming the path if the store cannot be written, and
+    ``StoreError`` naming the path if the store cannot be written (a store held by
+    another process is not waited for: the run starts, with one warning naming the
+    holder, and its records are committed when the file frees), and
     ``SinkError`` if a sink fails to load or start. ``run_id`` continues a run
     the store may already have (a queued one); ``columns`` sets more of its
     ``runs`` columns (the scheduler's attempts and gpus); ``gpu_inventory`` is

@@ -14,6 +14,7 @@ from ._html import badge, duration, esc, number, sparkline, table
 from ._ticker import ticker
 
 STORE_POLL = 1.0  # seconds between store reads for runs in another process
+STORE_TIMEOUT = 0.2  # a busy store skips this turn rather than hold up the ticker
 
 
 class RunCard(w.VBox):
@@ -99,7 +100,21 @@ class RunCard(w.VBox):
         if job.status in (RunStatus.FAILED, RunStatus.CANCELLED) and job.error:
             error = f"<br><small style='color:#dc3545'>{esc(job.error.strip().splitlines()[-1])}</small>"
         return (f"<b>{esc(job.name)}</b> {badge(job.status.value)} <small>{esc(job.experiment)}{gpus}"
-                f"{attempt}{took}</small>{error}")
+                f"{attempt}{took}</small>{self._store_note()}{error}")
+
+    def _store_note(self) -> str:
+        """Why the run's records are not in the store yet, while that lasts."""
+        if self.job.done:
+            return ""
+        store = self.job._scheduler.store
+        outage = store.outage
+        if outage is not None:
+            return f"<br><small style='color:#dc3545'>store cannot be written: {esc(outage.reason)}</small>"
+        holder = store.waiting_for
+        if holder is not None:
+            who = f"process {holder}" if holder else "another process"
+            return f"<br><small style='color:#b8860b'>waiting for the store (held by {who})</small>"
+        return ""
 
     def _refresh_progress(self) -> bool:
         state = self.job.progress
@@ -141,7 +156,8 @@ class RunCard(w.VBox):
         self._polled = now
         try:
             frame = job._scheduler.store.query_arrow(
-                "SELECT key, last_step, last_value FROM metric_summary WHERE run_id = ?", [job.run_id]
+                "SELECT key, last_step, last_value FROM metric_summary WHERE run_id = ?", [job.run_id],
+                timeout=STORE_TIMEOUT,
             )
         except Exception:  # noqa: BLE001 - the store may be busy; try again next time
             return self._values

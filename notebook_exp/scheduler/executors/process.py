@@ -8,6 +8,13 @@ kernel dying; it inherits the lease's lock files, so the GPUs stay leased for as
 long as it lives. Its stdout and stderr are captured into the run. Cancel and
 timeout send SIGTERM (the run sees ``RunCancelled``), then SIGKILL after
 ``cancel_grace`` seconds: code stuck in a C call is killed too.
+
+The child reports its outcome in a result file and says whether the store has
+it (it started and ended the run there). When it does not, this process records
+the final status itself: the child's reason (a sink that failed to load, a
+store it could not open), or, when the child died without a result (a signal,
+``os._exit``, a crash before the run began), ``lost: the run's process ended
+with ...`` and the last lines the child wrote to stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from ...models import RunStatus
 from .base import Executor, stopped_outcome
 
 _IMPORTANT = ("fn", "params")
+TAIL_LINES = 20  # lines of a lost child's stderr quoted in the run's reason, at most
+TAIL_CHARS = 2000  # characters of it, at most
 
 
 def check_picklable(fn) -> bytes:
@@ -49,6 +58,19 @@ def check_picklable(fn) -> bytes:
                         f"{getattr(fn, '__qualname__', fn)}: {type(inner).__name__}: {inner}"
                     ) from None
         raise ConfigError(f"the process executor cannot ship {getattr(fn, '__qualname__', fn)}: {exc}") from None
+
+
+def check_sinks_picklable(sinks) -> None:
+    """``ConfigError`` unless every ``sinks=`` entry can be shipped to the child."""
+    import cloudpickle
+
+    for sink in sinks or ():
+        try:
+            cloudpickle.dumps(sink)
+        except Exception as exc:  # noqa: BLE001 - say which one
+            raise ConfigError(
+                f"the process executor cannot ship sink {sink!r}: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 class ProcessExecutor(Executor):
@@ -94,7 +116,11 @@ class ProcessExecutor(Executor):
                          name=f"notebook_exp-proc[{job.run_id[:8]}]", daemon=True).start()
 
     def _monitor(self, job, proc: subprocess.Popen, folder: Path, status_fd: int) -> None:
-        readers = [threading.Thread(target=_pump, args=(stream, job), daemon=True) for stream in (proc.stdout, proc.stderr)]
+        stderr = _Tail()
+        readers = [
+            threading.Thread(target=_pump, args=(stream, job, tail), daemon=True)
+            for stream, tail in ((proc.stdout, None), (proc.stderr, stderr))
+        ]
         for reader in readers:
             reader.start()
         with os.fdopen(status_fd, "rb") as status:
@@ -111,12 +137,13 @@ class ProcessExecutor(Executor):
         for reader in readers:
             reader.join()
         self._procs.pop(job.run_id, None)
-        status, error, result, recorded = self._outcome(job, proc.returncode, folder / "payload.pkl.result")
+        status, error, result, recorded = self._outcome(job, proc.returncode, folder / "payload.pkl.result", stderr)
         shutil.rmtree(folder, ignore_errors=True)
         self.scheduler.records.output(job)
         self.scheduler.attempt_ended(job, status, error, result, recorded=recorded)
 
-    def _outcome(self, job, code: int, result_file: Path):
+    def _outcome(self, job, code: int, result_file: Path, stderr: _Tail):
+        """``(status, error, result, recorded)`` of an attempt whose child exited with ``code``."""
         import cloudpickle
 
         if job.stop_reason:
@@ -125,11 +152,12 @@ class ProcessExecutor(Executor):
         if result_file.exists():
             try:
                 data = cloudpickle.loads(result_file.read_bytes())
-                return RunStatus(data["status"]), data.get("error"), data.get("result"), True
+                return RunStatus(data["status"]), data.get("error"), data.get("result"), bool(data.get("recorded"))
             except Exception as exc:  # noqa: BLE001
                 return RunStatus.FAILED, f"the run's result could not be read: {exc!r}", None, False
-        how = f"signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
-        return RunStatus.FAILED, f"lost: the run's process ended with {how} before recording an outcome", None, False
+        error = f"lost: the run's process ended with {_exit_status(code)} before recording an outcome"
+        tail = stderr.tail()
+        return RunStatus.FAILED, error + (f"; the end of its stderr:\n{tail}" if tail else ""), None, False
 
     def stop(self, job, reason: str) -> None:
         if job.stop_reason:
@@ -159,7 +187,33 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
             pass
 
 
-def _pump(stream, job) -> None:
+def _exit_status(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
+
+
+class _Tail:
+    """The end of what a child wrote to one stream (its stderr, quoted when it is lost)."""
+
+    def __init__(self) -> None:
+        self._text = ""
+
+    def write(self, text: str) -> None:
+        self._text = (self._text + text)[-2 * TAIL_CHARS:]
+
+    def tail(self) -> str:
+        """The last ``TAIL_LINES`` lines, at most ``TAIL_CHARS`` characters."""
+        return "\n".join(self._text.rstrip().splitlines()[-TAIL_LINES:])[-TAIL_CHARS:]
+
+
+def _pump(stream, job, tail: _Tail | None = None) -> None:
     for chunk in iter(lambda: stream.read1(65536), b""):
-        job._write(chunk.decode("utf-8", "replace"))
+        text = chunk.decode("utf-8", "replace")
+        job._write(text)
+        if tail is not None:
+            tail.write(text)
     stream.close()
