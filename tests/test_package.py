@@ -20,7 +20,7 @@ def test_all_is_sorted_and_complete():
         assert getattr(nx, name) is not None
     public = {n for n in dir(nx) if not n.startswith("_")}
     modules = {"collectors", "config", "exceptions", "models", "sinks", "store", "tracking", "testing", "demo", "cli",
-               "scheduler", "magics", "widgets", "cell", "viewing", "inline", "load_ipython_extension"}
+               "scheduler", "magics", "widgets", "cell", "viewing", "inline", "inventory", "load_ipython_extension"}
     assert public - set(nx.__all__) - modules - {"annotations", "importlib", "TYPE_CHECKING"} == set()
 
 

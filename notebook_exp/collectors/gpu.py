@@ -41,7 +41,7 @@ class GpuCollector:
     def inventory(self):
         """The inventory detected from this collector's settings (made on first use)."""
         if self._inventory is None:
-            from ..scheduler.gpus import GpuInventory
+            from ..inventory import GpuInventory
 
             self._inventory = GpuInventory.detect(
                 self.settings.fake_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), self.settings.reserved_gpus

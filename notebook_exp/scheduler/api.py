@@ -137,9 +137,7 @@ def resubmit(run_ids: str | list[str] | None = None) -> list[Job]:
 
 def _mark_resubmitted(scheduler, old: str, new: str) -> None:
     """The old run's saved function now belongs to the new run; its trail says where it went."""
-    writer = scheduler.store.writer
-    writer.submit("DELETE FROM payloads WHERE run_id = ?", [old])
-    writer.wait(writer.event(old, "resubmitted", f"as {new}"))
+    scheduler.store.writer.wait(scheduler.store.records.resubmitted(old, new))
 
 
 def dead_letters(experiment: str | None = None):

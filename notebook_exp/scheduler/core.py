@@ -37,7 +37,7 @@ from ..tracking.run import new_run_id
 from .deps import LOOKUP_TIMEOUT, DependencyStatuses
 from .dispatcher import DispatchLoop
 from .job import Job
-from .records import RunRecords
+from .records import JobRecords
 from .spec import ExperimentSpec, check_sinks
 
 __all__ = ["Scheduler", "get_scheduler", "stop_scheduler"]
@@ -58,7 +58,7 @@ class Scheduler(DispatchLoop):
 
         self.settings = settings or get_settings()
         self.store = get_store(self.settings.store_path, settings=self.settings)
-        self.records = RunRecords(self.store)
+        self.records = JobRecords(self.store)
         self.dependencies = DependencyStatuses(self.store)
         self.max_concurrent = max_concurrent or self.settings.max_concurrent or max(2, os.cpu_count() or 2)
         self._inventory = inventory
@@ -80,7 +80,7 @@ class Scheduler(DispatchLoop):
     @property
     def inventory(self):
         if self._inventory is None:
-            from .gpus import GpuInventory
+            from ..inventory import GpuInventory
 
             self._inventory = GpuInventory.detect(
                 self.settings.fake_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), self.settings.reserved_gpus

@@ -29,7 +29,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from ..exceptions import ConfigError, GpuUnavailable
-from .gpus import GpuInfo, GpuInventory
+from ..inventory import GpuInfo, GpuInventory
 
 __all__ = [
     "DEFAULT_LOCK_DIR_NAME",

@@ -1,23 +1,17 @@
 """The built-in DuckDB sink: metrics, texts, histograms, images and artifacts into the store.
 
-Registered as the ``duckdb`` entry point. It never drops data: its queue is
-unbounded and the store's writer waits out any lock (see ``store.writer``).
+Registered as the ``duckdb`` entry point, like any third-party sink. It writes
+through the store's one writer path (``store.records``), which also holds the
+run's row and events (written for every run, whatever its sinks). It never drops
+data: the store's writer waits out locks and outages (see ``store.writer``).
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
-from datetime import datetime, timezone
 
 from ..models import MetricBatch, RunInfo, RunStatus
 from .base import Sink
 
 __all__ = ["DuckDBSink"]
-
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
 
 
 class DuckDBSink(Sink):
@@ -29,6 +23,7 @@ class DuckDBSink(Sink):
 
     def __init__(self) -> None:
         self._store = None
+        self._records = None
         self._run_id = ""
 
     @property
@@ -40,36 +35,22 @@ class DuckDBSink(Sink):
 
         self._run_id = run.run_id
         self._store = get_store(run.store_path)
+        self._records = self._store.records
 
     def log_metrics(self, batch: MetricBatch) -> None:
-        self._writer.submit_metrics(batch)
+        self._records.metrics(batch)
 
     def log_text(self, key: str, step: int, ts: float, text: str) -> None:
-        self._writer.submit(
-            "INSERT INTO texts VALUES (?, ?, ?, ?, ?)", [self._run_id, key, step, _ts(ts), text]
-        )
+        self._records.text(self._run_id, key, step, ts, text)
 
     def log_histogram(self, key, step, ts, bin_edges, counts) -> None:
-        self._writer.submit(
-            "INSERT INTO histograms VALUES (?, ?, ?, ?, ?, ?)",
-            [self._run_id, key, step, _ts(ts), list(bin_edges), list(counts)],
-        )
+        self._records.histogram(self._run_id, key, step, ts, bin_edges, counts)
 
     def log_image(self, key, step, ts, png, width, height) -> None:
-        self._writer.submit(
-            "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [self._run_id, key, step, _ts(ts), width, height, png],
-        )
+        self._records.image(self._run_id, key, step, ts, png, width, height)
 
     def log_artifact(self, name: str, path: str) -> None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        self._writer.submit(
-            "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?)",
-            [self._run_id, name, path, os.path.getsize(path), digest.hexdigest(), _ts(os.path.getmtime(path))],
-        )
+        self._records.artifact(self._run_id, name, path)
 
     def flush(self) -> None:
         """Nothing to start: the store's writer commits everything queued, in order."""

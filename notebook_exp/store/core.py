@@ -21,16 +21,15 @@ import logging
 import os
 import random
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..exceptions import StoreError, StoreLocked
 from . import schema
 from ._gil import quick_gil_handoff
+from ._host import HOST, utcnow
 
 __all__ = ["Store", "close_all", "get_store", "utcnow"]
 
@@ -38,12 +37,6 @@ log = logging.getLogger("notebook_exp.store")
 
 _PID_RE = re.compile(r"PID (\d+)")
 DEFAULT_WARN_AFTER = 5.0
-HOST = socket.gethostname()
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC timestamp the store keeps."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -81,6 +74,7 @@ class Store:
         self._writer = None
         self._writer_lock = threading.Lock()
         self._waiting_for: int | None = None
+        self._records = None
         self.warn_after = DEFAULT_WARN_AFTER
 
     def __repr__(self) -> str:
@@ -318,6 +312,15 @@ class Store:
             return conn.sql(sql, params=params).to_arrow_table()
 
     # -- writing ------------------------------------------------------------
+    @property
+    def records(self):
+        """The writes of runs to this store (``records.RunRecords``: the one writer path)."""
+        if self._records is None:
+            from .records import RunRecords
+
+            self._records = RunRecords(self)
+        return self._records
+
     @property
     def writer(self):
         """This process's background writer for the store (started lazily).

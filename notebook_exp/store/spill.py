@@ -114,7 +114,7 @@ def _write_into(folder: Path, header: dict, batches: list) -> SpillInfo:
 
 
 def _encode(ops: list, reason: str, host: str) -> tuple[dict, list]:
-    from .core import utcnow
+    from ._host import utcnow
 
     entries, batches, runs = [], [], {}
     for _seq, (kind, payload, args) in ops:
@@ -267,7 +267,7 @@ def ingest(conn, store_path: Path, spill_dir: Path | None, host: str) -> list[Sp
     transaction, exactly once; returns those ingested. A spill that cannot be
     applied is left in place with an error logged (the others still go in)."""
     from . import ops as store_ops
-    from .core import utcnow
+    from ._host import utcnow
 
     done = []
     for info in pending(store_path, spill_dir):

@@ -141,7 +141,7 @@ class StoreWriter:
     def event(self, run_id: str | None, event: str, detail: str | None = None, on_commit=None) -> int:
         """Append to the audit trail (``events``): one row, timestamped now. Events of
         a transaction are inserted together, after its other writes."""
-        from .core import HOST, utcnow
+        from ._host import HOST, utcnow
 
         row = (run_id, utcnow(), event, detail[:4000] if detail else None, HOST, os.getpid())
         return self._put(("event", row, None), on_commit)
@@ -438,7 +438,7 @@ class StoreWriter:
         return self._stopping or self._spill_request or self._pending_total > self.outage_points
 
     def _spill(self, reason: str) -> None:
-        from .core import HOST
+        from ._host import HOST
 
         with self._cond:
             ops = list(self._queue)
@@ -477,7 +477,7 @@ class StoreWriter:
     def _drop_records(self) -> list:
         """The dropped counts not yet written, as ``(0, op)`` pairs: ``runs.dropped``
         and a ``dropped`` event per run (call with ``_cond`` held)."""
-        from .core import HOST, utcnow
+        from ._host import HOST, utcnow
 
         records = []
         for run_id, n in self._unrecorded_drops.items():

@@ -247,15 +247,13 @@ class Run:
         merged = dict(self.info.params)
         merged.update(clean_params({**(params or {}), **more}))
         self.info.params = merged
-        self._store.writer.submit(
-            "UPDATE runs SET params = ? WHERE run_id = ?", [json.dumps(merged), self.run_id]
-        )
+        self._store.records.params(self.run_id, merged)
         self._dispatcher.publish("log_params", dict(merged))
 
     def set_tags(self, tags) -> None:
         """Replace the run's tags with ``tags`` (a string or a list of strings)."""
         self.info.tags = clean_tags(tags)
-        self._store.writer.submit("UPDATE runs SET tags = ? WHERE run_id = ?", [self.info.tags, self.run_id])
+        self._store.records.tags(self.run_id, self.info.tags)
         self._dispatcher.publish("set_tags", list(self.info.tags))
 
     def log_text(self, key: str, text: str, step: int | None = None) -> None:
@@ -395,7 +393,6 @@ class Run:
                 _current.set(None)
 
     def _record_end(self, status: RunStatus, error: str | None, requeue: bool = False, on_recorded=None) -> None:
-        from ..store import utcnow
 
         dropped = sum(self.dropped.values())
         if dropped:
@@ -405,16 +402,10 @@ class Run:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        writer = self._store.writer
-        now = utcnow()
-        recorded, event = ("queued", "retry") if requeue else (status.value, status.value)
-        writer.submit(
-            "UPDATE runs SET status = ?, ended_at = ?, error = ?, dropped = dropped + ? WHERE run_id = ?",
-            [recorded, None if requeue else now, error, dropped, self.run_id],
-        )
-        seq = writer.event(self.run_id, event, error, on_commit=on_recorded)
+        seq = self._store.records.ended(self.run_id, status.value, error, dropped, requeue=requeue,
+                                        on_commit=on_recorded)
         if on_recorded is None:
-            self._settle(writer, seq)
+            self._settle(self._store.writer, seq)
 
     def _settle(self, writer, seq: int) -> None:
         """Wait, at most ``lock_timeout``, until the run's end is stored or spilled."""
@@ -464,12 +455,6 @@ def outcome(exc: BaseException) -> tuple[RunStatus, str]:
         return RunStatus.FAILED, "timeout: " + str(exc) if str(exc) else "timeout"
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return RunStatus.FAILED, text
-
-
-def _host() -> str:
-    from ..store.core import HOST
-
-    return HOST
 
 
 def current_run() -> Run | None:
@@ -527,22 +512,12 @@ def start_run(
     run.gpu_inventory = gpu_inventory
     _exit.on_shutdown(end_live_runs, order=20)
     row = {
-        "experiment": experiment, "name": name, "status": "running", "params": json.dumps(params), "tags": tags,
-        "started_at": now, "host": _host(), "pid": os.getpid(), "pid_started": _pid_started(),
-        "error": None, "ended_at": None, **(columns or {}),
+        "experiment": experiment, "name": name, "status": RunStatus.RUNNING.value, "params": json.dumps(params),
+        "tags": tags, "started_at": now, "error": None, "ended_at": None, **(columns or {}),
     }
     if not existing and settings.capture_git:  # a queued run got its git state when it was submitted
         row["git"] = _as_json(git_info())
-    writer = store_obj.writer
-    if existing:
-        writer.submit_call(_update_or_insert, run_id, row, now, columns)
-    else:
-        names = ["run_id", "created_at", *row]
-        writer.submit(
-            f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-            [run_id, now, *row.values()],
-        )
-    writer.event(run_id, "running")
+    store_obj.records.started(run_id, row, now, existing=existing, columns=columns)
     try:
         run._dispatcher.start()
     except Exception as exc:
@@ -582,37 +557,7 @@ def _as_json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-_STARTED = ("status", "started_at", "host", "pid", "pid_started", "error", "ended_at")
-
-
-def _update_or_insert(conn, run_id: str, row: dict[str, Any], now, columns) -> None:
-    """Start a run the store may already hold (queued by a scheduler, which wrote its
-    name, params and tags): update only what starting changes; insert if it is new."""
-    changed = {name: row[name] for name in (*_STARTED, *(columns or {}))}
-    assignments = ", ".join(f"{name} = ?" for name in changed)
-    updated = conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*changed.values(), run_id]).fetchone()
-    if not updated or not updated[0]:
-        names = ["run_id", "created_at", *row]
-        conn.execute(
-            f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-            [run_id, now, *row.values()],
-        )
-
-
 _live: dict[str, Run] = {}
-
-
-_started: dict[int, float] = {}
-
-
-def _pid_started() -> float:
-    """This process's start time (psutil), to tell it from a later process with the same pid."""
-    pid = os.getpid()
-    if pid not in _started:
-        import psutil
-
-        _started[pid] = psutil.Process(pid).create_time()
-    return _started[pid]
 
 
 def end_live_runs() -> None:

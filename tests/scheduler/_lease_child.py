@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from notebook_exp.scheduler.gpus import GpuInventory
+from notebook_exp.inventory import GpuInventory
 from notebook_exp.scheduler.leases import LeaseManager
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from notebook_exp.exceptions import ConfigError, GpuUnavailable
-from notebook_exp.scheduler.gpus import (
+from notebook_exp.inventory import (
     DEFAULT_FAKE_MEMORY,
     FakeGpuBackend,
     GpuInfo,
@@ -138,8 +138,8 @@ def test_a_failing_nvml_call_never_lets_nvml_error_escape():
 
 def test_importing_the_package_does_not_load_pynvml():
     code = (
-        "import sys, notebook_exp, notebook_exp.scheduler.gpus, notebook_exp.scheduler.leases\n"
-        "from notebook_exp.scheduler.gpus import GpuInventory\n"
+        "import sys, notebook_exp, notebook_exp.inventory, notebook_exp.scheduler.leases\n"
+        "from notebook_exp.inventory import GpuInventory\n"
         "GpuInventory.detect(fake_gpus=2, cuda_visible_devices=None).snapshot()\n"
         "assert 'pynvml' not in sys.modules, 'pynvml imported eagerly'\n"
     )

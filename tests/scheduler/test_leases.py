@@ -15,7 +15,7 @@ import pytest
 from filelock import FileLock
 
 from notebook_exp.exceptions import ConfigError, GpuUnavailable
-from notebook_exp.scheduler.gpus import FakeGpuBackend, GpuInventory
+from notebook_exp.inventory import FakeGpuBackend, GpuInventory
 from notebook_exp.scheduler.leases import (
     SLOTS_PER_GPU,
     LeaseHolder,

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..exceptions import ConfigError, GpuUnavailable
+from .exceptions import ConfigError, GpuUnavailable
 
 __all__ = [
     "DEFAULT_FAKE_MEMORY",
