@@ -59,14 +59,16 @@ def insert_metrics(conn, batches: list) -> None:
     import pyarrow as pa
 
     from .._arrow import dictionary
+    from .batches import tables
 
     def with_run_ids(tables: list) -> pa.Table:
         merged = pa.concat_tables(tables, promote_options="permissive")
         codes = np.repeat(np.arange(len(batches), dtype=np.int32), [t.num_rows for t in tables])
         return merged.append_column("run_id", dictionary(codes, [b.run_id for b in batches]))
 
-    conn.register("__batch", with_run_ids([b.to_arrow() for b in batches]))
-    conn.register("__summary", with_run_ids([b.summary() for b in batches]))
+    built = [tables(b) for b in batches]
+    conn.register("__batch", with_run_ids([points for points, _summary in built]))
+    conn.register("__summary", with_run_ids([summary for _points, summary in built]))
     try:
         conn.execute(schema.INSERT_METRICS)
         conn.execute(schema.UPSERT_SUMMARY)

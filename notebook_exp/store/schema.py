@@ -97,12 +97,13 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS git JSON;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS spilled BIGINT DEFAULT 0;
 """
 
-# __batch arrives grouped by run and key, steps ascending (MetricBatch.to_arrow sorts).
+# __batch arrives grouped by run and key, steps ascending (store.batches sorts).
 INSERT_METRICS = """
 INSERT INTO metrics SELECT run_id, key, step, ts, value FROM __batch
 """
 
-# __summary: one row per run and key of each batch in the transaction (MetricBatch.summary).
+# __summary: one row per run and key of each batch in the transaction (store.batches summarises);
+# this only merges those rows with each other and with the stored one.
 UPSERT_SUMMARY = """
 INSERT INTO metric_summary
 SELECT run_id, key, sum(count), min(first_step), max(last_step), arg_max(last_value, last_step),

@@ -42,8 +42,8 @@ import time
 from collections import Counter, deque
 
 from ..exceptions import StoreError, StoreLocked, StoreUnavailable
+from . import batches, spill
 from . import ops as store_ops
-from . import spill
 from ._gil import quick_gil_handoff
 
 log = logging.getLogger("notebook_exp.store")
@@ -328,7 +328,7 @@ class StoreWriter:
         with quick_gil_handoff():  # numpy and Arrow work: as exposed to a busy loop as DuckDB's
             for _seq, (kind, payload, _args) in ops:
                 if kind == "metrics":
-                    payload.to_arrow()  # before taking the file: readers wait less, commits are shorter
+                    batches.tables(payload)  # before taking the file: readers wait less, commits are shorter
         started = time.perf_counter()
         for attempt in range(STATEMENT_RETRIES + 1):
             try:
