@@ -1,11 +1,13 @@
 """Colours shared by the widgets, the inline table and chart, and the viewer."""
 
+from .models import RunStatus
+
 STATUS_COLORS = {
-    "queued": "#7f7f7f",
-    "running": "#1f77b4",
-    "completed": "#2ca02c",
-    "failed": "#d62728",
-    "cancelled": "#ff7f0e",
+    RunStatus.QUEUED.value: "#7f7f7f",
+    RunStatus.RUNNING.value: "#1f77b4",
+    RunStatus.COMPLETED.value: "#2ca02c",
+    RunStatus.FAILED.value: "#d62728",
+    RunStatus.CANCELLED.value: "#ff7f0e",
 }
 PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

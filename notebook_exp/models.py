@@ -22,7 +22,19 @@ class RunStatus(str, enum.Enum):
 
     @property
     def terminal(self) -> bool:
+        """Completed, failed or cancelled: the run will not change again."""
         return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: the run may still change."""
+        return not self.terminal
+
+    @classmethod
+    def values(cls, active: bool | None = None) -> list[str]:
+        """The status strings the store keeps, in life order (only active or
+        terminal ones with ``active=True``/``False``)."""
+        return [s.value for s in cls if active is None or s.active == active]
 
     def __str__(self) -> str:
         return self.value

@@ -95,7 +95,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     out = _attempt(job, status_fd)
     _send(out, payload_path + ".result")
-    return 0 if out["status"] == "completed" else 1
+    from notebook_exp.models import RunStatus
+
+    return 0 if out["status"] == RunStatus.COMPLETED.value else 1
 
 
 if __name__ == "__main__":

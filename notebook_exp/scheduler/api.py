@@ -146,8 +146,8 @@ def dead_letters(experiment: str | None = None):
     from ..store.queries import _store
 
     query = """SELECT run_id, name, experiment, attempts, ended_at, error FROM runs
-               WHERE status = 'failed' AND attempts > 0"""
-    args: list = []
+               WHERE status = ? AND attempts > 0"""
+    args: list = [RunStatus.FAILED.value]
     if experiment is not None:
         query += " AND experiment = ?"
         args.append(experiment)

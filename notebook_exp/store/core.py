@@ -1,7 +1,7 @@
 """One DuckDB store file as seen from this process.
 
 DuckDB lets one process at a time hold a file read-write, and a reader that
-keeps it open blocks every writer (DESIGN.md §4). So a ``Store`` keeps an
+keeps it open blocks every writer (docs/architecture.md §3). So a ``Store`` keeps an
 in-memory connection and attaches the file only for short sessions::
 
     ATTACH 'store.duckdb' AS store   -- retried on lock conflicts, jittered 2-10 ms
@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..exceptions import StoreError, StoreLocked
+from ..models import RunStatus
 from . import schema
 from ._gil import quick_gil_handoff
 from ._host import HOST, utcnow
@@ -372,8 +373,8 @@ def _recover_lost_runs(conn) -> None:
     """Runs of this host whose process is gone: ``running`` ones become
     ``failed`` (lost), ``queued`` ones ``cancelled`` (their scheduler died)."""
     rows = conn.execute(
-        "SELECT run_id, status, pid, pid_started FROM runs WHERE status IN ('running', 'queued') AND host = ?",
-        [HOST],
+        "SELECT run_id, status, pid, pid_started FROM runs WHERE status IN (SELECT unnest(?)) AND host = ?",
+        [RunStatus.values(active=True), HOST],
     ).fetchall()
     alive: dict[tuple, bool] = {}
     for run_id, status, pid, started in rows:
@@ -383,13 +384,13 @@ def _recover_lost_runs(conn) -> None:
             alive[(pid, started)] = _process_alive(pid, started)
         if alive[(pid, started)]:
             continue
-        if status == "running":
-            new_status, reason = "failed", f"lost: process {pid} on {HOST} exited without ending the run"
+        if status == RunStatus.RUNNING:
+            new_status, reason = RunStatus.FAILED, f"lost: process {pid} on {HOST} exited without ending the run"
         else:
-            new_status, reason = "cancelled", LOST_QUEUED.format(pid=pid)
+            new_status, reason = RunStatus.CANCELLED, LOST_QUEUED.format(pid=pid)
         conn.execute(
             "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE run_id = ?",
-            [new_status, reason, utcnow(), run_id],
+            [new_status.value, reason, utcnow(), run_id],
         )
         conn.execute(
             "INSERT INTO events VALUES (?, ?, 'lost', ?, ?, ?)", [run_id, utcnow(), reason, HOST, os.getpid()]

@@ -29,6 +29,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
+from ..models import RunStatus
 from ._host import HOST, pid_started, utcnow
 
 __all__ = ["ATTEMPT_TABLES", "RunRecords"]
@@ -78,7 +79,7 @@ class RunRecords:
             self._writer.submit_call(start_existing, run_id, row, now, columns)
         else:
             self._writer.submit_call(_insert, run_id, now, row)
-        self._writer.event(run_id, "running")
+        self._writer.event(run_id, RunStatus.RUNNING.value)
 
     def queued(self, run_id: str, *, experiment: str, name: str, params: dict, tags: list[str], executor: str,
                priority: int, source: str | None, spec: dict, git: dict | None, detail: str) -> None:
@@ -86,11 +87,11 @@ class RunRecords:
         self._writer.submit(
             """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, host, pid,
                                  pid_started, executor, priority, attempts, source, spec, git)
-               VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)""",
-            [run_id, experiment, name, json.dumps(params), tags, utcnow(), HOST, os.getpid(), pid_started(),
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)""",
+            [run_id, experiment, name, RunStatus.QUEUED.value, json.dumps(params), tags, utcnow(), HOST, os.getpid(), pid_started(),
              executor, priority, source, json.dumps(spec), json.dumps(git) if git else None],
         )
-        self.event(run_id, "queued", detail)
+        self.event(run_id, RunStatus.QUEUED.value, detail)
 
     def params(self, run_id: str, params: dict[str, Any]) -> None:
         self._writer.submit("UPDATE runs SET params = ? WHERE run_id = ?", [json.dumps(params), run_id])
@@ -102,7 +103,7 @@ class RunRecords:
               on_commit=None) -> int:
         """The run's final status (or ``queued`` again with a ``retry`` event when
         ``requeue``); returns the sequence number of its last write."""
-        recorded, event = ("queued", "retry") if requeue else (status, status)
+        recorded, event = (RunStatus.QUEUED.value, "retry") if requeue else (status, status)
         self._writer.submit(
             "UPDATE runs SET status = ?, ended_at = ?, error = ?, dropped = coalesce(dropped, 0) + ? WHERE run_id = ?",
             [recorded, None if requeue else utcnow(), error, dropped, run_id],

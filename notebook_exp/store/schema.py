@@ -1,4 +1,4 @@
-"""The store's tables. Names in DESIGN.md §4 are a contract; others may grow.
+"""The store's tables. Names in docs/architecture.md §8 are a contract; others may grow.
 
 Timestamps are UTC. ``metrics`` rows are inserted sorted by run, key, step in
 each flush so one run's points sit together on disk; ``metric_summary`` keeps
