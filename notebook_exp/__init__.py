@@ -46,7 +46,7 @@ _EXPORTS = {
     "view": "notebook_exp.viewing",
     "wait": "notebook_exp.scheduler.api",
     "metrics": "notebook_exp.store.queries",
-    "runs": "notebook_exp.store.queries",
+    "runs": "notebook_exp._reading",
     "sql": "notebook_exp.store.queries",
     "start_run": "notebook_exp.tracking.run",
 }
@@ -75,6 +75,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from ._reading import runs
     from .config import Settings, get_settings
     from .exceptions import (
         ConfigError,
@@ -95,7 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
     from .scheduler.job import Job
     from .scheduler.spec import ExperimentSpec
-    from .store.queries import metrics, runs, sql
+    from .store.queries import metrics, sql
     from .tracking.run import Run, current_run, start_run
     from .viewing import view
     from .widgets.submit_form import launcher

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import enum
+import re
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["MetricBatch", "RunInfo", "RunStatus"]
+__all__ = ["GPU_READINGS", "SYSTEM_KEYS", "MetricBatch", "RunInfo", "RunStatus", "is_telemetry", "telemetry_sql"]
+
+#: Telemetry keys (written by ``collectors``): the system readings, exactly these names ...
+SYSTEM_KEYS = ("sys/cpu_percent", "sys/memory_rss_mb", "sys/system_cpu_percent", "sys/system_memory_percent")
+#: ... and the readings of each GPU, logged as ``gpu/<id>/<reading>``. Other ``sys/``
+#: or ``gpu/`` keys are the run's own metrics.
+GPU_READINGS = ("utilization_percent", "memory_used_mb", "temperature_c", "power_w")
+
+_GPU_KEY = re.compile(r"gpu/\d+/(?:" + "|".join(GPU_READINGS) + r")\Z")
+
+
+def telemetry_sql(column: str = "key") -> str:
+    """A SQL condition that holds when ``column`` is a telemetry key (built from constants only)."""
+    names = ", ".join(f"'{k}'" for k in SYSTEM_KEYS)
+    return f"({column} IN ({names}) OR regexp_matches({column}, '^gpu/[0-9]+/({'|'.join(GPU_READINGS)})$'))"
+
+
+def is_telemetry(key: str) -> bool:
+    """Whether ``key`` is a telemetry reading rather than a metric the run logged."""
+    return key in SYSTEM_KEYS or _GPU_KEY.match(key) is not None
 
 
 class RunStatus(str, enum.Enum):

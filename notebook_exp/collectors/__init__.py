@@ -13,22 +13,8 @@ psutil and NVML load on first use.
 
 from __future__ import annotations
 
-import re
+# The names live with the plain data (the store and readers need them too); the
+# collectors are what produces them.
+from ..models import GPU_READINGS, SYSTEM_KEYS, is_telemetry, telemetry_sql
 
-#: The keys of ``system.SystemCollector``'s readings.
-SYSTEM_KEYS = ("sys/cpu_percent", "sys/memory_rss_mb", "sys/system_cpu_percent", "sys/system_memory_percent")
-#: The readings of each GPU, logged as ``gpu/<id>/<reading>``.
-GPU_READINGS = ("utilization_percent", "memory_used_mb", "temperature_c", "power_w")
-
-_GPU_KEY = re.compile(r"gpu/\d+/(?:" + "|".join(GPU_READINGS) + r")\Z")
-
-
-def telemetry_sql(column: str = "key") -> str:
-    """A SQL condition that holds when ``column`` is a telemetry key (built from constants only)."""
-    names = ", ".join(f"'{k}'" for k in SYSTEM_KEYS)
-    return f"({column} IN ({names}) OR regexp_matches({column}, '^gpu/[0-9]+/({'|'.join(GPU_READINGS)})$'))"
-
-
-def is_telemetry(key: str) -> bool:
-    """Whether ``key`` is a telemetry reading rather than a metric the run logged."""
-    return key in SYSTEM_KEYS or _GPU_KEY.match(key) is not None
+__all__ = ["GPU_READINGS", "SYSTEM_KEYS", "is_telemetry", "telemetry_sql"]

@@ -11,9 +11,9 @@ import json
 import os
 from typing import Any
 
-from ..collectors import telemetry_sql
 from ..config import get_settings
 from ..exceptions import StoreError
+from ..models import telemetry_sql
 from .core import get_store
 
 __all__ = ["metrics", "runs", "sql"]
@@ -51,8 +51,8 @@ def runs(
     *,
     store: str | os.PathLike | None = None,
 ):
-    """The runs table: one row per run, newest first, as a ``RunsTable`` (a pandas
-    DataFrame with a rich notebook view and ``.plot(key)`` overlaying the runs' curves).
+    """The runs table: one row per run, newest first, as a pandas DataFrame
+    (``nx.runs`` wraps it in a ``RunsTable``, which renders richly and plots).
 
     Columns: run_id, experiment, name, status, created_at, started_at,
     ended_at, duration (seconds), tags, error, ... then ``params.<name>`` for
@@ -62,11 +62,9 @@ def runs(
     """
     import pandas as pd
 
-    from ..inline import runs_table
-
     target = _store(store)
     if not _exists(target):
-        return runs_table(pd.DataFrame(columns=RUN_COLUMNS), target.path)
+        return pd.DataFrame(columns=RUN_COLUMNS)
     where, args = [], []
     if experiment is not None:
         where.append("experiment = ?")
@@ -89,7 +87,7 @@ def runs(
                 WHERE s.run_id IN (SELECT run_id FROM runs {clause}) AND {_NOT_TELEMETRY}""",
             params=args,
         ).to_arrow_table()
-    return runs_table(_widen(frame.to_pandas(), last.to_pandas()), target.path)
+    return _widen(frame.to_pandas(), last.to_pandas())
 
 
 _NOT_TELEMETRY = f"NOT {telemetry_sql('s.key')}"
