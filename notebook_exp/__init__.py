@@ -20,6 +20,8 @@ _EXPORTS = {
     "ConfigError": "notebook_exp.exceptions",
     "GpuUnavailable": "notebook_exp.exceptions",
     "InvalidMetric": "notebook_exp.exceptions",
+    "MemorySink": "notebook_exp.testing",
+    "MetricBatch": "notebook_exp.models",
     "MissingDependency": "notebook_exp.exceptions",
     "NotebookExpError": "notebook_exp.exceptions",
     "ExperimentSpec": "notebook_exp.scheduler.spec",
@@ -28,13 +30,16 @@ _EXPORTS = {
     "RunCancelled": "notebook_exp.exceptions",
     "RunFailed": "notebook_exp.exceptions",
     "RunInterrupted": "notebook_exp.exceptions",
+    "RunInfo": "notebook_exp.models",
     "RunStatus": "notebook_exp.models",
     "RunsTable": "notebook_exp.inline",
     "RunTimedOut": "notebook_exp.exceptions",
     "Settings": "notebook_exp.config",
+    "Sink": "notebook_exp.sinks.base",
     "SinkError": "notebook_exp.exceptions",
     "StoreError": "notebook_exp.exceptions",
     "StoreLocked": "notebook_exp.exceptions",
+    "StoreUnavailable": "notebook_exp.exceptions",
     "current_run": "notebook_exp.tracking.run",
     "dead_letters": "notebook_exp.scheduler.api",
     "get_settings": "notebook_exp.config",
@@ -90,13 +95,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         SinkError,
         StoreError,
         StoreLocked,
+        StoreUnavailable,
     )
     from .inline import RunsTable
-    from .models import RunStatus
+    from .models import MetricBatch, RunInfo, RunStatus
     from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
     from .scheduler.job import Job
     from .scheduler.spec import ExperimentSpec
+    from .sinks.base import Sink
     from .store.queries import metrics, sql
+    from .testing import MemorySink
     from .tracking.run import Run, current_run, start_run
     from .viewing import view
     from .widgets.submit_form import launcher
