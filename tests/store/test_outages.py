@@ -70,6 +70,18 @@ def test_a_full_disk_holds_points_reports_them_and_stores_each_once_when_space_r
     assert read_only(path, "SELECT status, dropped, spilled FROM runs") == [("completed", 0, 0)]
 
 
+#: Put before a child's code: ``fill(disk)`` writes a ballast file until the disk is full.
+FILL = """
+def fill(disk):
+    with open(disk / "ballast", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+"""
+
 SPILLING_CHILD = """
     import warnings
     from pathlib import Path
@@ -79,13 +91,7 @@ SPILLING_CHILD = """
     for i in range(1000):
         run.log(a=float(i), step=i)
     assert run.flush(timeout=30)
-    with open(disk / "ballast", "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
+    fill(disk)
     for i in range(1000, 1000 + steps):
         run.log(a=float(i), step=i)
     with warnings.catch_warnings(record=True) as seen:
@@ -104,7 +110,7 @@ def spill_in_a_child(run_python, small_disk, tmp_path, monkeypatch, steps=50_000
     monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the folder it found
     env = {"NOTEBOOK_EXP_STORE": str(small_disk / "store.duckdb"), "TMPDIR": str(temp), **env}
-    code = textwrap.dedent(SPILLING_CHILD).replace("DISK", repr(str(small_disk))).replace("STEPS", str(steps))
+    code = FILL + textwrap.dedent(SPILLING_CHILD).replace("DISK", repr(str(small_disk))).replace("STEPS", str(steps))
     proc = run_python(code, env=env)
     run_id = proc.stdout.split("RUN ")[1].split()[0]
     return run_id, proc.stdout, temp
@@ -157,13 +163,7 @@ def test_past_the_memory_bound_with_no_spill_possible_points_are_dropped_and_cou
         run = nx.start_run("bounded")
         run.log(a=0.0, step=0)
         assert run.flush(timeout=30)
-        with open(disk / "ballast", "wb") as fh:
-            try:
-                while True:
-                    fh.write(b"\\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
+        fill(disk)
         for i in range(1, 100_001):
             run.log(a=float(i), step=i)
             if i % 5000 == 0:
@@ -185,6 +185,7 @@ def test_past_the_memory_bound_with_no_spill_possible_points_are_dropped_and_cou
         print("RUN", run.run_id)
         print("WARNINGS", [str(w.message) for w in seen])
     """).replace("DISK", repr(str(small_disk)))
+    code = FILL + code
     (small_disk / "tmp").mkdir()
     proc = run_python(code, env={"NOTEBOOK_EXP_STORE": str(path), "NOTEBOOK_EXP_OUTAGE_POINTS": "20000",
                                  "NOTEBOOK_EXP_FLUSH_ROWS": "5000", "NOTEBOOK_EXP_SPILL_DIR": str(small_disk / "spill"),
