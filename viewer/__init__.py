@@ -1,9 +1,9 @@
 """notebook_exp's viewer: a Panel app over the store (installed as ``notebook_exp_viewer``).
 
     import notebook_exp_viewer as viewer
-    viewer.serve(store="runs.duckdb")          # http://127.0.0.1:5006, blocks
-    server = viewer.serve(threaded=True)       # from a kernel; server.stop() to end
-    viewer.main(["--store", "runs.duckdb"])    # what ``notebook-exp view`` runs
+    viewer.serve(store="runs.duckdb")          # http://127.0.0.1:5006, blocks until Ctrl-C/SIGTERM
+    server = viewer.serve(threaded=True)       # from a kernel; server.url, server.stop() to end
+    viewer.main(["--store", "runs.duckdb"])    # ``python -m notebook_exp_viewer``
 
 Panel and bokeh are imported on first use of these names.
 """
@@ -17,12 +17,16 @@ _EXPORTS = {
     "ViewerApp": "notebook_exp_viewer.app",
     "ViewerState": "notebook_exp_viewer.state",
     "create_app": "notebook_exp_viewer.app",
-    "free_port": "notebook_exp_viewer.app",
-    "main": "notebook_exp_viewer.app",
-    "serve": "notebook_exp_viewer.app",
+    "ViewerServer": "notebook_exp_viewer.server",
+    "free_port": "notebook_exp_viewer.server",
+    "main": "notebook_exp_viewer.server",
+    "serve": "notebook_exp_viewer.server",
 }
 
-__all__ = ["ViewerApp", "ViewerState", "create_app", "free_port", "main", "serve"]
+#: Seconds between live refreshes of a page (``serve(refresh_seconds=...)``, ``--refresh``).
+DEFAULT_REFRESH = 2.0
+
+__all__ = ["ViewerApp", "ViewerServer", "ViewerState", "create_app", "free_port", "main", "serve"]
 
 
 def __getattr__(name: str):
@@ -39,5 +43,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import ViewerApp, create_app, free_port, main, serve
+    from .app import ViewerApp, create_app
+    from .server import ViewerServer, free_port, main, serve
     from .state import ViewerState

@@ -1,32 +1,26 @@
-"""The viewer app: pages assembled from components, ``serve`` and the CLI entry point.
+"""The viewer app: pages assembled from components (serving them: ``server.py``).
 
     import notebook_exp_viewer as viewer
     viewer.serve(store="runs.duckdb")                  # blocks; http://127.0.0.1:5006
     server = viewer.serve(threaded=True)               # from a kernel; server.stop() later
 
 Pages (tabs): Runs (filter, select, open), Compare (the selected runs) and Run
-(one run). Each browser session gets its own ``ViewerState``; a periodic
-callback refreshes what is live. ``/health`` answers JSON for probes.
+(one run). Each browser session gets its own ``ViewerState``, whose reads run
+off the server's event loop; a periodic callback refreshes what is live and
+retries reads that found the store busy, and the header says so meanwhile
+("store busy, retrying"). ``/health`` answers JSON for probes.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import ipaddress
-import json
 import logging
-import secrets
-import socket
-from pathlib import Path
+from functools import partial
 
 import panel as pn
-from tornado.web import RequestHandler
 
 from notebook_exp.collectors import is_telemetry
-from notebook_exp.config import get_settings
-from notebook_exp.exceptions import ConfigError
 
+from . import DEFAULT_REFRESH
 from .components.common import heading, message, preferred_key, title
 from .components.export import MetricsExport
 from .components.metric_chart import MetricChart
@@ -37,19 +31,11 @@ from .components.runs_table import RunsTable
 from .components.scatter import ParamScatter
 from .state import ViewerState
 
-__all__ = ["ComparePage", "ViewerApp", "create_app", "main", "serve"]
+__all__ = ["ComparePage", "ViewerApp", "create_app"]
 
 log = logging.getLogger("notebook_exp.viewer")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5006
-DEFAULT_REFRESH = 2.0
 RUNS_TAB, COMPARE_TAB, RUN_TAB = 0, 1, 2
-AUTH_HINT = (
-    "pass basic_auth='<password or path of a file holding it>' to serve() "
-    "(CLI: notebook-exp view --basic-auth FILE), or keep host='127.0.0.1' and reach it "
-    "through an SSH tunnel (ssh -L 5006:127.0.0.1:5006 HOST)"
-)
 
 
 class ComparePage:
@@ -77,9 +63,12 @@ class ComparePage:
         )
 
     def update(self) -> None:
-        """Load the state's selected runs."""
-        self.run_ids = list(self.state.selected)
-        data = self.state.compare_data(self.run_ids)
+        """Load the state's selected runs (shown when the read arrives)."""
+        run_ids = list(self.state.selected)
+        self.state.reads.submit("compare", lambda: self.state.compare_data(run_ids), partial(self._on_data, run_ids))
+
+    def _on_data(self, run_ids: list[str], data: dict) -> None:
+        self.run_ids = run_ids
         self.names = dict(zip(data["runs"]["run_id"], data["runs"]["name"], strict=True))
         self.note.object = message(
             f"Comparing {len(self.run_ids)} run(s)." if self.run_ids
@@ -123,6 +112,7 @@ class ViewerApp:
         )
         self._compare_stale = True
         state.param.watch(self._on_selected, "selected")
+        state.param.watch(self._on_status, "status")
         self.tabs.param.watch(self._on_tab, "active")
 
     def layout(self) -> pn.viewable.Viewable:
@@ -154,18 +144,22 @@ class ViewerApp:
             self._compare_stale = False
             self.compare.update()
 
+    def _on_status(self, event) -> None:
+        self.status.object = message(event.new, "error") if event.new else ""
+
     def refresh(self) -> None:
-        """The periodic callback: live rows, and the visible page's live charts."""
+        """The periodic callback: retry reads that found the store busy, then
+        live rows and the visible page's live charts (each read off the loop)."""
         try:
+            self.state.reads.retry()
             self.runs.refresh()
             if self.tabs.active == COMPARE_TAB and self._has_live(self.compare.run_ids):
                 self.compare.refresh()
             if self.tabs.active == RUN_TAB:
                 self.run.refresh()
-            self.status.object = ""
         except Exception as exc:  # noqa: BLE001 - keep refreshing; say what went wrong
             log.warning("viewer refresh failed: %s", exc)
-            self.status.object = message(f"refresh failed: {exc}", "error")
+            self.state.reads.report(f"refresh failed: {exc}")
 
     def _has_live(self, run_ids: list[str]) -> bool:
         """Whether any of these runs is queued/running (or not listed, so unknown)."""
@@ -175,114 +169,18 @@ class ViewerApp:
 
 
 def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH) -> pn.viewable.Viewable:
-    """Build the viewer for one session (``?run=<id>`` opens that run)."""
-    state = ViewerState(store, refresh_seconds=refresh_seconds)
+    """Build the viewer for one session (``?run=<id>`` opens that run).
+
+    In a server session its reads run off the event loop and fill the page as
+    they arrive; anywhere else (a test, a notebook) they run at once."""
+    doc = pn.state.curdoc
+    served = doc is not None and doc.session_context is not None
+    state = ViewerState(store, refresh_seconds=refresh_seconds, doc=doc if served else None)
     app = ViewerApp(state)
     run_arg = (pn.state.session_args or {}).get("run")
     if run_arg:
         app.open_run(run_arg[0].decode("utf-8", "replace"))
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+    if served:
         pn.state.add_periodic_callback(app.refresh, period=int(refresh_seconds * 1000))
+        pn.state.on_session_destroyed(lambda _context: state.reads.close())
     return app.layout()
-
-
-class HealthHandler(RequestHandler):
-    """``GET /health``: ``{"status": "ok", "store": ..., "runs": N}`` (no store path behind auth)."""
-
-    def initialize(self, store_path: Path, detail: bool) -> None:
-        self.store_path = store_path
-        self.detail = detail
-
-    async def get(self) -> None:
-        body: dict = {"status": "ok"}
-        try:
-            count = ViewerState(self.store_path, lock_timeout=2.0).count_runs
-            body["runs"] = await asyncio.get_running_loop().run_in_executor(None, count)
-        except Exception as exc:  # noqa: BLE001 - a probe reports, it does not crash
-            self.set_status(503)
-            body = {"status": "error", "error": type(exc).__name__}
-        if self.detail:
-            body["store"] = str(self.store_path)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(body))
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _origins(host: str, port: int) -> list[str]:
-    names = {"localhost", "127.0.0.1", host}
-    if not is_loopback(host):
-        names |= {socket.gethostname(), socket.getfqdn()}
-    return sorted(f"{name}:{port}" for name in names if name not in ("0.0.0.0", "::"))
-
-
-def serve(store=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, show: bool = False,
-          basic_auth: str | None = None, threaded: bool = False, **kw):
-    """Serve the viewer with Panel and return the server (a stoppable thread when ``threaded``).
-
-    ``store`` defaults to the ``store`` setting (``NOTEBOOK_EXP_STORE``). A
-    host other than loopback needs ``basic_auth`` (a password, or a file
-    holding it) or an ``oauth_provider``: otherwise ``ConfigError``. ``port=0``
-    picks a free port; the returned object carries ``port`` and ``url``.
-    ``threaded=True`` serves from a background thread (in a kernel; stop it
-    with ``.stop()``) and reads through this process's ``Store``. Other keywords go to
-    ``panel.serve`` (``websocket_origin``, ``cookie_secret``, ``refresh_seconds``
-    is the viewer's live refresh period).
-    """
-    path = Path(store if store is not None else get_settings().store_path).expanduser().absolute()
-    authenticated = bool(basic_auth or kw.get("oauth_provider"))
-    if not is_loopback(host) and not authenticated:
-        raise ConfigError(f"refusing to serve the viewer on {host!r} without authentication: {AUTH_HINT}")
-    if port == 0:
-        port = free_port(host if is_loopback(host) else "0.0.0.0")
-    refresh = float(kw.pop("refresh_seconds", DEFAULT_REFRESH))
-    patterns = [*kw.pop("extra_patterns", []),
-                (r"/health", HealthHandler, {"store_path": path, "detail": not authenticated})]
-    if basic_auth:
-        kw.setdefault("cookie_secret", secrets.token_hex(32))
-    kw.setdefault("websocket_origin", _origins(host, port))
-    kw.setdefault("title", "notebook_exp viewer")
-    kw.setdefault("verbose", not threaded)
-
-    def app() -> pn.viewable.Viewable:  # panel.serve calls plain functions once per session
-        return create_app(path, refresh_seconds=refresh)
-
-    server = pn.serve(app, port=port, address=host, show=show, threaded=threaded,
-                      basic_auth=basic_auth, extra_patterns=patterns, **kw)
-    if server is not None:
-        server.port = port
-        server.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
-    return server
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``notebook-exp view`` / ``python -m notebook_exp_viewer``: serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="notebook-exp view", description="Browse and compare runs.")
-    parser.add_argument("--store", help="store file (default: NOTEBOOK_EXP_STORE or ./.notebook_exp/store.duckdb)")
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 5006; 0 picks one)")
-    parser.add_argument("--show", action="store_true", help="open a browser tab")
-    parser.add_argument("--basic-auth", metavar="PASSWORD_OR_FILE",
-                        help="require this password (or the one in this file); needed off loopback")
-    parser.add_argument("--refresh", type=float, default=DEFAULT_REFRESH, help="live refresh period (s)")
-    args = parser.parse_args(argv)
-    try:
-        serve(store=args.store, host=args.host, port=args.port, show=args.show,
-              basic_auth=args.basic_auth, refresh_seconds=args.refresh)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    return 0

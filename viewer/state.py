@@ -6,12 +6,19 @@ a few, and closes it again, so a writer in another process is never kept out
 for longer than one query (DESIGN.md §4). Served from inside a kernel, the
 same calls go through that kernel's own ``Store`` (``get_store`` is per
 process), so they never fight its writer for the file lock.
+
+A read waits at most ``lock_timeout`` (``DEFAULT_READ_TIMEOUT``) for the file,
+then raises ``StoreLocked``. Views never call the read methods from the
+server's event loop: they hand them to ``state.reads`` (``background.Reads``),
+which runs them on a thread pool, applies the results on the loop and keeps
+``status`` saying when the store is busy.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -21,24 +28,33 @@ import param
 
 from notebook_exp.collectors import is_telemetry
 from notebook_exp.config import get_settings
-from notebook_exp.exceptions import StoreError
+from notebook_exp.exceptions import StoreError, StoreLocked
 from notebook_exp.store import get_store, utcnow
 
 from . import queries
+from .background import Reads
 from .filters import FilterError, FilterNames, compile_filter
 
-__all__ = ["DEFAULT_WIDTH", "FilterError", "SeriesData", "ViewerState"]
+__all__ = ["DEFAULT_READ_TIMEOUT", "DEFAULT_WIDTH", "FilterError", "SeriesData", "ViewerState"]
 
 DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucket
 DEFAULT_METRIC_COLUMNS = 3
 EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
 FILTER_PARAMS = ("experiments", "statuses", "tags", "text", "expression", "metric_columns")
 READ_GAP = 0.012  # seconds between two read sessions of this process on one store
+DEFAULT_READ_TIMEOUT = 0.5  # seconds a read waits for the file in all, then raises StoreLocked
 MAX_IMAGES = 24
 MAX_IMAGES_PER_KEY = 8
 
 
 _last_read: dict[Path, float] = {}  # store path -> when this process last detached it
+_gates: dict[Path, threading.Lock] = {}  # store path -> held by the one viewer read of it in progress
+_gates_lock = threading.Lock()
+
+
+def _gate(path: Path) -> threading.Lock:
+    with _gates_lock:
+        return _gates.setdefault(path, threading.Lock())
 
 
 class SeriesData(NamedTuple):
@@ -61,13 +77,18 @@ class ViewerState(param.Parameterized):
     selected = param.List(default=[], item_type=str, doc="Run ids selected for the Compare page.")
     current_run = param.String(default=None, allow_None=True, doc="Run id shown on the Run page.")
     refresh_seconds = param.Number(default=2.0, bounds=(0.1, None), doc="Live refresh period.")
+    status = param.String(default="", doc="Why the views may be stale ('' when the last reads worked).")
 
-    def __init__(self, store=None, lock_timeout: float = 10.0, **params) -> None:
+    def __init__(self, store=None, lock_timeout: float = DEFAULT_READ_TIMEOUT, doc=None, loop=None,
+                 **params) -> None:
+        """``doc``: the server session's bokeh Document, whose ``loop`` (default: the
+        running one) then gets the views' reads' results; ``None`` runs reads inline."""
         super().__init__(**params)
         path = store if store is not None else get_settings().store_path
         self.store_path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
         self._facets: dict[str, list[str]] | None = None
+        self.reads = Reads(doc, on_status=lambda text: setattr(self, "status", text), loop=loop)
 
     # -- sessions -------------------------------------------------------------
     @property
@@ -77,17 +98,23 @@ class ViewerState(param.Parameterized):
     def _read(self, work, default):
         """Run ``work(conn)`` in one short read-only session; ``default`` if no store yet.
 
-        Consecutive sessions of this process on one file are spaced by
-        ``READ_GAP``: a writer retrying its lock every 2-10 ms gets in between
-        them instead of waiting out a whole burst of reads (a page load).
+        The viewer's reads of one file take turns (a gate per file), and
+        consecutive sessions are spaced by ``READ_GAP``: a writer retrying its
+        lock every 2-10 ms gets in between them instead of waiting out a whole
+        burst of reads (a page load). Waiting for the turn, the gap and the
+        file's lock together takes at most ``lock_timeout``; then ``StoreLocked``.
         """
         if not self.store_path.exists():
             return default
-        wait = _last_read.get(self.store_path, 0.0) + READ_GAP - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        deadline = time.monotonic() + self.lock_timeout
+        gate = _gate(self.store_path)
+        if not gate.acquire(timeout=self.lock_timeout):
+            raise StoreLocked(str(self.store_path), None, self.lock_timeout)
         try:
-            with self.store.session(write=False, timeout=self.lock_timeout) as conn:
+            wait = _last_read.get(self.store_path, 0.0) + READ_GAP - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with self.store.session(write=False, timeout=max(0.0, deadline - time.monotonic())) as conn:
                 return work(conn)
         except StoreError:
             if not self.store_path.exists():
@@ -95,6 +122,7 @@ class ViewerState(param.Parameterized):
             raise
         finally:
             _last_read[self.store_path] = time.monotonic()
+            gate.release()
 
     # -- filters and the runs list --------------------------------------------
     def facets(self, refresh: bool = False) -> dict[str, list[str]]:

@@ -28,6 +28,11 @@ class Ticker(Ticking):
         self._widgets: list = []
         self._lock = threading.Lock()
 
+    def __contains__(self, widget) -> bool:
+        """Whether ``widget`` is still refreshed (it leaves once its ``tick()`` returned False)."""
+        with self._lock:
+            return widget in self._widgets
+
     def add(self, widget) -> None:
         with self._lock:
             if widget not in self._widgets:

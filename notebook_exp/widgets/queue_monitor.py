@@ -1,5 +1,14 @@
 """``QueueMonitor``: this kernel's queue (running, queued, finished), GPU bars with
-their holders, and the store's most recent runs."""
+their holders, and the store's most recent runs.
+
+A monitor polls only while there is something to follow. Once this kernel's
+queue has no queued or running job it draws the final state (GPUs at once,
+recent runs as soon as the store shows this kernel's runs ended, at most
+``SETTLE_LIMIT`` later) and leaves the ticker. Displaying the same monitor
+again (or ``resume()``) makes it poll again; a new ``%experiment_status``
+makes a new one. Runs of other processes listed under "Recent runs" keep the
+status they had at the last refresh.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +21,19 @@ from ._ticker import ticker
 
 GPU_POLL = 1.0
 RECENT_POLL = 2.0
+RECENT_SETTLE = 0.5  # once the queue is idle: how often to look for the runs' final rows
+SETTLE_LIMIT = 30.0  # ... and for how long at most
+RECENT_TIMEOUT = 0.2  # seconds a refresh waits for the store; if it is busy, the turn is skipped
 RECENT = 10
 MAX_ROWS = 50  # active runs listed; the summary counts them all
+ACTIVE = ("queued", "running")
+RECENT_SQL = (f"SELECT run_id, name, experiment, status, started_at FROM runs "
+              f"ORDER BY created_at DESC LIMIT {RECENT}")
 
 
 class QueueMonitor(w.VBox):
-    """Live view of a scheduler. Refreshed by the ticker; ``close()`` stops it."""
+    """Live view of a scheduler, refreshed by the ticker while its queue is busy
+    (see the module docstring); ``close()`` stops it for good."""
 
     def __init__(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -34,32 +50,56 @@ class QueueMonitor(w.VBox):
             layout=w.Layout(border="1px solid #ccc", padding="6px"),
         )
         self._closed = False
-        self.tick()
-        ticker.add(self)
+        self._idle_since: float | None = None  # when the queue was last seen with nothing active
+        self._recent_final = False  # the last recent-runs read showed this kernel's runs ended
+        self.polling = False  # whether the ticker refreshes it
+        self.resume()
 
     def __repr__(self) -> str:
         return "<QueueMonitor>"
 
+    def _repr_mimebundle_(self, **kwargs):
+        self.resume()  # shown again: follow the queue again
+        return super()._repr_mimebundle_(**kwargs)
+
+    def resume(self) -> None:
+        """Poll again (e.g. after new jobs were submitted); a no-op once closed."""
+        if self._closed or self.polling:
+            return  # closed, or the ticker follows it already
+        self._idle_since = None
+        self.polling = self.tick()
+        if self.polling:
+            ticker.add(self)
+
     def close(self) -> None:
         self._closed = True
+        self.polling = False
         super().close()
 
     def tick(self) -> bool:
+        """Redraw what changed; returns False (leave the ticker) once nothing shown is active."""
         if self._closed:
             return False
-        changed = self._refresh_jobs()
+        changed, active = self._refresh_jobs()
         now = time.monotonic()
+        if active:
+            self._idle_since = None
+        elif self._idle_since is None:  # just went idle: draw the final state now
+            self._idle_since, self._gpu_at, self._recent_at = now, 0.0, 0.0
         if now - self._gpu_at >= GPU_POLL:
             self._gpu_at = now
             changed |= self._refresh_gpus()
-        if now - self._recent_at >= RECENT_POLL:
+        if now - self._recent_at >= (RECENT_POLL if active else RECENT_SETTLE):
             self._recent_at = now
             changed |= self._refresh_recent()
         if changed:
             self.updates += 1
-        return True
+        keep = active or not (self._recent_final or now - self._idle_since > SETTLE_LIMIT)
+        self.polling = keep
+        return keep
 
-    def _refresh_jobs(self) -> bool:
+    def _refresh_jobs(self) -> tuple[bool, bool]:
+        """Redraw the queue; returns (changed, whether any job is queued or running)."""
         jobs = sorted(self.scheduler.jobs(), key=lambda j: j.submitted_at)
         positions = self.scheduler.positions()
         active = sorted((j for j in jobs if not j.done), key=lambda j: positions.get(j.run_id, -1))[:MAX_ROWS]
@@ -83,7 +123,7 @@ class QueueMonitor(w.VBox):
             for run_id in set(self._rows) - set(wanted):  # forget rows of runs no longer shown
                 self._rows.pop(run_id).close()
             changed = True
-        return changed
+        return changed, bool(active)
 
     def _row(self, job) -> w.HBox:
         button = w.Button(description="Cancel", layout=w.Layout(width="80px"), button_style="warning")
@@ -122,18 +162,23 @@ class QueueMonitor(w.VBox):
         return changed
 
     def _refresh_recent(self) -> bool:
+        """Redraw the store's most recent runs, waiting at most ``RECENT_TIMEOUT``
+        for the file: when another process holds it, this turn is skipped."""
         store = self.scheduler.store
         if not store.path.exists():
+            self._recent_final = True
             return False
         try:
-            frame = store.query_arrow(
-                f"SELECT name, experiment, status, started_at FROM runs ORDER BY created_at DESC LIMIT {RECENT}"
-            )
-        except Exception:  # noqa: BLE001 - busy store: next time
+            frame = store.query_arrow(RECENT_SQL, timeout=RECENT_TIMEOUT)
+        except Exception:  # noqa: BLE001 - busy (StoreLocked) or unreadable: next turn
+            self._recent_final = False
             return False
+        run_ids, names, experiments, statuses, started = (frame.column(i).to_pylist() for i in range(5))
+        own = {job.run_id for job in self.scheduler.jobs()}
+        self._recent_final = not any(r in own and s in ACTIVE for r, s in zip(run_ids, statuses, strict=True))
         rows = [
             (esc(n), esc(e), badge(s), esc(t.strftime("%H:%M:%S") if t else ""))
-            for n, e, s, t in zip(*(frame.column(i).to_pylist() for i in range(4)))
+            for n, e, s, t in zip(names, experiments, statuses, started, strict=True)
         ]
         return _set(self.recent, "value", table(rows, ("name", "experiment", "status", "started (UTC)")))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from notebook_exp_viewer import main, serve
-from notebook_exp_viewer.app import is_loopback
 from notebook_exp_viewer.components.common import (
     choice_options,
     kv_table,
@@ -13,6 +12,7 @@ from notebook_exp_viewer.components.common import (
     title,
 )
 from notebook_exp_viewer.filters import FilterError
+from notebook_exp_viewer.server import is_loopback
 
 from notebook_exp.exceptions import ConfigError
 from notebook_exp.store import get_store

@@ -10,13 +10,14 @@ __all__ = ["MetricsExport"]
 
 
 class MetricsExport:
-    """A format choice and a FileDownload whose callback queries at click time."""
+    """A format choice and a FileDownload whose callback queries at click time
+    (off the server's event loop, retrying a while if the store is busy)."""
 
     def __init__(self, state) -> None:
         self.state = state
         self.format = pn.widgets.RadioButtonGroup(label="format", options=["csv", "parquet"], value="csv")
         self.download = pn.widgets.FileDownload(
-            callback=self._file, filename="metrics.csv", label="Download metrics",
+            callback=self._download, filename="metrics.csv", label="Download metrics",
             color="default", css_classes=["nx-export"], width=220,
         )
         self.format.param.watch(self._on_format, "value")
@@ -28,4 +29,8 @@ class MetricsExport:
         self.download.filename = f"metrics.{event.new}"
 
     def _file(self) -> io.BytesIO:
+        """The selected runs' metrics in the chosen format (reads the store: call it off the loop)."""
         return io.BytesIO(self.state.export_metrics(list(self.state.selected), self.format.value))
+
+    async def _download(self) -> io.BytesIO:
+        return await self.state.reads.call(self._file)

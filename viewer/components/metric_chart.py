@@ -5,7 +5,8 @@ visible window, so a chart of 100 runs x 100,000 steps carries ~2,000 points
 per line and spikes stay visible. Zooming or panning (bokeh's RangesUpdate)
 re-queries just the visible window at full bucket resolution; Reset goes back
 to the whole extent. ``refresh()`` re-reads the current window, which is how
-a running run's curve grows.
+a running run's curve grows. Reads go through ``state.reads`` (off the server's
+event loop); lines are drawn when their points arrive.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ __all__ = ["X_LABELS", "MetricChart"]
 
 X_LABELS = {"step": "step", "wall": "wall time (UTC)", "relative": "time since start (s)"}
 MARKS_UP_TO = 60  # draw point markers on series this short (a single point has no line)
-FULL_WINDOW = 0.999
-GROW_REBUCKET = 2.0
-WINDOW_MARGIN = 0.25  # a zoomed chart reads this fraction of its width more on each side  # re-bucket a live chart once its extent has doubled  # a window covering this much of the extent counts as "everything"
+FULL_WINDOW = 0.999  # a window covering this much of the extent counts as "everything"
+GROW_REBUCKET = 2.0  # re-bucket a live chart once its extent has doubled
+WINDOW_MARGIN = 0.25  # a zoomed chart reads this fraction of its width more on each side
 
 
 class MetricChart:
@@ -76,14 +77,14 @@ class MetricChart:
         self.rebuild()
 
     def rebuild(self, keep_window: bool = False) -> None:
-        """Make a fresh figure (x kind or scale changed) and load the data."""
+        """Make a fresh figure (x kind or scale changed) and load the data; the
+        figure replaces the shown one once its data arrived."""
         if not keep_window:
             self.window = None
         self.figure = self._make_figure()
         self.sources = {}
         self.marks = {}
         self._query()
-        self.pane.object = self.figure
 
     def refresh(self) -> None:
         """Grow live curves: read only points newer than those shown.
@@ -97,19 +98,16 @@ class MetricChart:
         if not self.run_ids or not self.keys:
             return
         if self.window is not None or self.full is None or self.base_span is None:
-            self._query()
+            self._query(periodic=True)
             return
-        extents = self.state.series_extents(self.run_ids, self.keys, self.x_kind.value)
-        last = {pair: extent[1] for pair, extent in self.seen.items()}
-        grown = {p: e for p, e in extents.items() if e[1] > last.get(p, -math.inf)}
-        if not grown:
+        args = (self.state, list(self.run_ids), list(self.keys), self.x_kind.value, dict(self.seen),
+                self.base_span, self.width)
+        self.state.reads.submit(self._read_key, lambda: _read_growth(*args), self._on_grown, periodic=True)
+
+    def _on_grown(self, growth) -> None:
+        if growth is None:
             return
-        full = (min(e[0] for e in extents.values()), max(e[1] for e in extents.values()))
-        low = min((last[p] for p in grown if p in last), default=full[0])
-        width = max(1, math.ceil(self.width * (full[1] - low) / self.base_span))
-        after = {p: last[p] for p in grown if p in last}
-        read = self.state.series(sorted({p[0] for p in grown}), sorted({p[1] for p in grown}),
-                                 self.x_kind.value, (low, full[1]), width, after=after)
+        grown, full, read = growth
         tail = read.points[[p in grown for p in zip(read.points["run_id"], read.points["key"], strict=True)]]
         self.seen.update({p: e for p, e in read.extents.items() if p in grown})
         self.full = full
@@ -185,18 +183,33 @@ class MetricChart:
             self.figure.legend.location = "top_right"
 
     # -- data --------------------------------------------------------------------
-    def _query(self) -> None:
+    @property
+    def _read_key(self) -> str:
+        return f"chart-{id(self)}"
+
+    def _query(self, periodic: bool = False) -> None:
+        """Read the window (or everything) again; ``_on_series`` draws it."""
         if not self.run_ids or not self.keys:
             self.note.object = message("Nothing to plot.")
+            self._show_figure()
             return
-        points, full, self.seen = self.state.series(
-            self.run_ids, self.keys, self.x_kind.value, self._padded_window(), self.width)
+        args = (list(self.run_ids), list(self.keys), self.x_kind.value, self._padded_window(), self.width)
+        self.state.reads.submit(self._read_key, lambda: self.state.series(*args), self._on_series,
+                                periodic=periodic)
+
+    def _on_series(self, read) -> None:
+        points, full, self.seen = read
         self.full = full
         self.base_span = None if self.window is not None or full is None else max(full[1] - full[0], 1e-9)
         self.points = points
         self.note.object = "" if len(points) else message("No points logged for this selection yet.")
         self._ensure_sources()
         self._draw()
+        self._show_figure()
+
+    def _show_figure(self) -> None:
+        if self.pane.object is not self.figure:
+            self.pane.object = self.figure
 
     def _padded_window(self) -> tuple[float, float] | None:
         """The zoom window with a margin each side, so a small pan still shows lines."""
@@ -236,3 +249,19 @@ class MetricChart:
     def _on_reset(self, _event) -> None:
         self.window = None
         self._query()
+
+
+def _read_growth(state, run_ids, keys, x, seen, base_span, width):
+    """(grown series -> extent, the full extent, their new points) since ``seen``; ``None`` if none grew."""
+    extents = state.series_extents(run_ids, keys, x)
+    last = {pair: extent[1] for pair, extent in seen.items()}
+    grown = {p: e for p, e in extents.items() if e[1] > last.get(p, -math.inf)}
+    if not grown:
+        return None
+    full = (min(e[0] for e in extents.values()), max(e[1] for e in extents.values()))
+    low = min((last[p] for p in grown if p in last), default=full[0])
+    buckets = max(1, math.ceil(width * (full[1] - low) / base_span))
+    after = {p: last[p] for p in grown if p in last}
+    read = state.series(sorted({p[0] for p in grown}), sorted({p[1] for p in grown}), x, (low, full[1]),
+                        buckets, after=after)
+    return grown, full, read

@@ -2,11 +2,13 @@
 
 Everything the store holds is shown as escaped text. While the run is queued
 or running, ``refresh()`` re-reads its row and events and grows its charts.
+Reads go through ``state.reads``: the page changes when their answer arrives.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pandas as pd
 import panel as pn
@@ -96,7 +98,10 @@ class RunDetail:
 
     # -- showing a run -------------------------------------------------------------
     def show(self, run_id: str) -> None:
-        overview = self.state.run_overview(run_id)
+        """Read ``run_id`` and show it (its media follow in a read of their own)."""
+        self.state.reads.submit("run", lambda: self.state.run_overview(run_id), partial(self._on_shown, run_id))
+
+    def _on_shown(self, run_id: str, overview: dict | None) -> None:
         if overview is None:
             self.header.object = message(f"No run with id {run_id!r}.", "error")
             return
@@ -109,8 +114,12 @@ class RunDetail:
         """Re-read a live run (and once more when it has just ended)."""
         if self.run_id is None or self.status not in LIVE:
             return
-        overview = self.state.run_overview(self.run_id)
-        if overview is not None:
+        run_id = self.run_id
+        self.state.reads.submit("run", lambda: self.state.run_overview(run_id),
+                                partial(self._on_refreshed, run_id), periodic=True)
+
+    def _on_refreshed(self, run_id: str, overview: dict | None) -> None:
+        if overview is not None and run_id == self.run_id:
             self._render(overview, first=False)
             self.chart.refresh()
 

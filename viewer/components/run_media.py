@@ -72,7 +72,10 @@ class RunMedia:
         }
 
     def show(self, run_id: str) -> None:
-        media = self.state.run_media(run_id)
+        """Read the run's media and show them when they arrive."""
+        self.state.reads.submit("media", lambda: self.state.run_media(run_id), self._render)
+
+    def _render(self, media: dict) -> None:
         self._texts(media.get("texts"))
         self._histograms(media.get("histograms"))
         self._images(media.get("images"))

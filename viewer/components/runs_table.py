@@ -4,11 +4,14 @@ The table pages on the server (``pagination="remote"``): the browser only ever
 holds one page, so 10,000 runs stay fast. ``refresh()`` (called periodically
 by the app) patches the rows of queued/running runs and streams in new runs;
 it never replaces the table's data, which would drop the user's selection.
+Every read goes through ``state.reads`` under one key, so the newest of a
+load, a filter change and a refresh is the one applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -35,11 +38,13 @@ BASE_TITLES = {
     "created": "created", "started": "started (UTC)", "duration": "duration (s)",
     "gpus": "GPUs", "tags": "tags",
 }
-FACET_EVERY = 5
+FACET_EVERY = 5  # refreshes between re-reading the filter options
 NEW_RUN_LOOKBACK = pd.Timedelta(minutes=10)
 NAME_LINK_CSS = """
 .tabulator-cell[tabulator-field="name"] { color: #1a5fb4; cursor: pointer; text-decoration: underline; }
-"""  # refreshes between re-reading the filter options
+"""
+READ_KEY = "runs"
+EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
 
 
 def _status_formatter() -> StringFormatter:
@@ -83,10 +88,8 @@ class RunsTable:
         self.on_compare = on_compare
         self._loading = False
         self._refreshes = 0
-        facets = state.facets(refresh=True)
-        if not state.metric_columns:
-            state.metric_columns = state.default_metric_columns()
-        self._build_widgets(facets)
+        self._pending: dict = {}  # filter changes read but not applied yet
+        self._build_widgets(EMPTY_FACETS)
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=BASE_COLUMNS), pagination="remote", page_size=PAGE_SIZE,
             selectable="checkbox", show_index=False, disabled=True, hidden_columns=["created"],
@@ -96,7 +99,7 @@ class RunsTable:
         )
         self.table.param.watch(self._on_selection, "selection")
         self.table.on_click(self._on_click, column="name")
-        self._load(self._safe_list())
+        self.reload()
 
     # -- widgets ---------------------------------------------------------------
     def _build_widgets(self, facets: dict) -> None:
@@ -133,21 +136,60 @@ class RunsTable:
         return pn.Column(filters, self.error, header, self.table, sizing_mode="stretch_width")
 
     # -- loading ---------------------------------------------------------------
-    def _safe_list(self) -> pd.DataFrame:
+    def reload(self) -> None:
+        """Read the filter options and the whole table again (a new page, or after an error)."""
+        state = self.state
+
+        def read():
+            facets = state.facets(refresh=True)
+            keys = list(state.metric_columns) or state.default_metric_columns()
+            try:
+                return facets, keys, state.list_runs(metric_columns=keys), None
+            except FilterError as exc:
+                return facets, keys, state.list_runs(metric_columns=keys, expression=""), exc
+
+        state.reads.submit(READ_KEY, read, self._on_reloaded)
+
+    def _on_reloaded(self, result) -> None:
+        facets, keys, frame, error = result
+        if not self.state.metric_columns:
+            self.state.metric_columns = keys
+        self._loading = True
         try:
-            return self.state.list_runs()
-        except FilterError as exc:
-            self.error.object = message(str(exc), "error")
-            return self.state.list_runs(expression="")
+            self._set_options(facets)
+            self.metrics.value = list(self.state.metric_columns)
+        finally:
+            self._loading = False
+        self.error.object = message(str(error), "error") if error else ""
+        self._load(frame)
 
     def _on_filter(self, name: str, value) -> None:
         if self._loading:
             return
-        try:
-            frame = self.state.update_filters(**{name: list(value) if isinstance(value, list) else value})
-        except FilterError as exc:
-            self.error.object = message(f"Filter not applied: {exc}", "error")
+        self._pending[name] = list(value) if isinstance(value, list) else value
+        self._submit_filters()
+
+    def _submit_filters(self) -> None:
+        """Read the table for every filter change not applied yet (a newer read supersedes older ones)."""
+        changes = dict(self._pending)
+
+        def read():
+            try:
+                return self.state.list_runs(**changes), None
+            except FilterError as exc:
+                return None, exc
+
+        self.state.reads.submit(READ_KEY, read, partial(self._on_filtered, changes))
+
+    def _on_filtered(self, changes: dict, result) -> None:
+        frame, error = result
+        if error is not None:  # only an expression can be wrong: the other changes still apply
+            self.error.object = message(f"Filter not applied: {error}", "error")
+            if self._pending.pop("expression", None) is not None and self._pending:
+                self._submit_filters()
             return
+        self._pending.clear()
+        self.state.param.update(**changes)
         self.error.object = ""
         self._load(frame)
 
@@ -196,22 +238,41 @@ class RunsTable:
     def refresh(self) -> None:
         """Patch queued/running rows in place and stream in runs that appeared."""
         self._refreshes += 1
-        if self._refreshes % FACET_EVERY == 0:
-            self._refresh_options()
+        options = self._refreshes % FACET_EVERY == 0
         value = self.table.value
         live = [r for r, st in zip(value["run_id"].tolist(), value["status"].tolist(), strict=True)
                 if st in LIVE_STATUSES]
-        if live:
-            self._patch_rows(self.state.rows(live))
         newest = value["created"].max() if len(value) else None
         # look back a while: a run created earlier may commit later (another process's flush)
         since = None if newest is None or pd.isna(newest) else newest - NEW_RUN_LOOKBACK
-        try:
-            new = self.state.new_runs(set(value["run_id"]), since)
-        except FilterError:
+        known, columns, state = set(value["run_id"]), set(value.columns), self.state
+
+        def read():
+            facets = state.facets(refresh=True) if options else None
+            fresh = state.rows(live) if live else None
+            try:
+                new = state.new_runs(known, since)
+            except FilterError:
+                new = None
+            full = state.list_runs() if new is not None and set(new.columns) - columns else None
+            return facets, fresh, new, full
+
+        state.reads.submit(READ_KEY, read, partial(self._on_refreshed, value), periodic=True)
+
+    def _on_refreshed(self, value: pd.DataFrame, result) -> None:
+        facets, fresh, new, full = result
+        if facets is not None:
+            self._refresh_options(facets)
+        if self.table.value is not value:
+            return  # reloaded meanwhile: these rows belong to the table it replaced
+        if full is not None:
+            self._load(full)  # new params/metrics: columns change
             return
-        if len(new):
-            self._add_rows(new)
+        if fresh is not None:
+            self._patch_rows(fresh)
+        if new is not None and len(new):
+            self.table.stream(_conform(new, self.table.value), follow=False)
+            self._update_count()
 
     def _patch_rows(self, fresh: pd.DataFrame) -> None:
         """Patch only the cells that changed (vectorised: thousands of live runs stay cheap)."""
@@ -232,24 +293,18 @@ class RunsTable:
         if patch:
             self.table.patch(patch)
 
-    def _add_rows(self, new: pd.DataFrame) -> None:
-        value = self.table.value
-        if set(new.columns) - set(value.columns):
-            self._load(self.state.list_runs())  # new params/metrics: columns change
-            return
-        self.table.stream(_conform(new, value), follow=False)
-        self._update_count()
-
-    def _refresh_options(self) -> None:
-        facets = self.state.facets(refresh=True)
+    def _refresh_options(self, facets: dict) -> None:
         self._loading = True
         try:
-            self.experiments.options = choice_options(facets["experiments"])
-            self.tags.options = choice_options(facets["tags"])
-            self.metrics.options = choice_options(facets["metrics"])
-            self.statuses.options = choice_options(facets["statuses"] or list(STATUS_COLORS))
+            self._set_options(facets)
         finally:
             self._loading = False
+
+    def _set_options(self, facets: dict) -> None:
+        self.experiments.options = choice_options(facets["experiments"])
+        self.tags.options = choice_options(facets["tags"])
+        self.metrics.options = choice_options(facets["metrics"])
+        self.statuses.options = choice_options(facets["statuses"] or list(STATUS_COLORS))
 
 
 def _conform(new: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
