@@ -3,9 +3,9 @@
 Each layer registers what it must stop (``on_shutdown(step, order)``); this
 module imports nothing of the package. At interpreter exit, and when a test
 fixture calls :func:`shutdown`, the steps run once each, lowest ``order``
-first: the scheduler (10), live runs (20), servers and widgets (30), the
-flusher and telemetry (40), and last the stores (90), which commit what is
-queued.
+first: the scheduler (10), live runs (20), sink workers of runs that never
+ended (25), servers and widgets (30), the flusher and telemetry (40), and last
+the stores (90), which commit what is queued.
 
 The hook must run while DuckDB still accepts queries that scan Python objects
 (Arrow batches): DuckDB's own ``atexit`` callback refuses them afterwards

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -6,14 +7,33 @@ from pathlib import Path
 import pytest
 
 from notebook_exp.config import reset_settings
-from notebook_exp.scheduler.core import stop_scheduler
-from notebook_exp.testing import shutdown
+from notebook_exp.scheduler.core import Scheduler, stop_scheduler
+from notebook_exp.testing import (
+    FakeGpus,
+    leaked_threads,
+    make_settings,
+    package_threads,
+    shutdown,
+    use_scheduler,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+THREAD_GRACE = 2.0  # seconds the package's threads get to end after a test's teardown
 
 
 @pytest.fixture(autouse=True)
-def store_path(tmp_path, monkeypatch):
+def no_leaked_threads():
+    """After each test's teardown (``store_path`` runs ``shutdown()`` before this ends),
+    no thread of the package started during the test may still be alive."""
+    before = package_threads()
+    yield
+    leaked = leaked_threads(ignore=before, timeout=THREAD_GRACE)
+    if leaked:
+        pytest.fail(f"threads of notebook_exp outlived the test: {', '.join(leaked)}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def store_path(no_leaked_threads, tmp_path, monkeypatch):
     """Every test logs into its own store; background threads stop after it."""
     path = tmp_path / "store.duckdb"
     monkeypatch.setenv("NOTEBOOK_EXP_STORE", str(path))
@@ -55,6 +75,8 @@ def run_python():
         return proc
 
     return run
+
+
 @pytest.fixture
 def settings_env(monkeypatch):
     """Set NOTEBOOK_EXP_* variables for this test's scheduler (before its first use)."""
@@ -65,3 +87,25 @@ def settings_env(monkeypatch):
         reset_settings()
 
     return apply
+
+
+@pytest.fixture
+def fake_gpus(store_path):
+    """Declare virtual GPUs for the rest of the test: ``gpus = fake_gpus(2)`` enters
+    ``notebook_exp.testing.FakeGpus(2)`` (same arguments) and returns it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda count, **options: stack.enter_context(FakeGpus(count, **options))
+
+
+@pytest.fixture
+def use_settings(store_path, tmp_path):
+    """Give this test a scheduler of its own settings: ``use_settings(max_concurrent=1)``
+    installs ``Scheduler(make_settings(store=<the test's store>, lock_dir=..., **overrides))``
+    as the process's scheduler (``inventory=`` is passed on) until the test ends; returns it."""
+    with contextlib.ExitStack() as stack:
+
+        def apply(inventory=None, **overrides):
+            settings = make_settings(store=store_path, lock_dir=tmp_path / "locks", **overrides)
+            return stack.enter_context(use_scheduler(Scheduler(settings, inventory=inventory)))
+
+        yield apply

@@ -1,12 +1,18 @@
 """Hands a run's batches to its sinks, each on its own worker thread.
 
-The failure policy lives here and only here (STYLE.md item 6):
+The failure policy lives here and only here (docs/architecture.md §6):
 
 * ``start_run`` failing fails the run's start loudly (``SinkError``);
 * a later call failing is retried ``retries`` times with exponential backoff and
   jitter, then the sink is disabled for the run with one warning; what it then
   misses is counted as dropped; other sinks are untouched;
 * ``end_run`` and ``close`` failures are logged and never mask the run's outcome.
+
+Threads: a ``Dispatcher`` owns the worker threads of its run's sinks. ``finish``
+ends them in order; ``stop`` ends them at once (what is still queued is dropped
+and counted). Every dispatcher whose workers have not all ended is stopped by a
+shutdown step (``_exit``, order 25: after live runs were ended, before the
+stores close), so no worker outlives the interpreter's or a test's shutdown.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from ..exceptions import SinkError
 from ..models import RunInfo, RunStatus
 from .base import Sink
 
-__all__ = ["Dispatcher", "SinkWorker"]
+__all__ = ["Dispatcher", "SinkWorker", "stop_all"]
 
 log = logging.getLogger("notebook_exp.sinks")
 
 BACKOFF_BASE = 0.05
+STOP_TIMEOUT = 5.0  # seconds ``stop`` waits for a dispatcher's workers, all together
+SHUTDOWN_ORDER = 25  # after live runs end (20), before the stores commit and close (90)
 _FINAL = ("end_run", "close")
 
 
@@ -48,6 +56,7 @@ class SinkWorker:
         self._queue: deque = deque()
         self._pending_rows = 0
         self._closed = False
+        self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._thread = threading.Thread(
             target=self._loop, name=f"notebook_exp-sink[{_label(sink)}:{run_id[:8]}]", daemon=True
@@ -77,12 +86,40 @@ class SinkWorker:
         return event.wait
 
     def finish(self, status: RunStatus, error: str | None) -> None:
-        """Queue ``end_run`` and ``close``; no more puts are taken."""
+        """Queue ``end_run`` and ``close``; no more puts are taken (idempotent; a no-op
+        once stopped)."""
         with self._cond:
+            if self._closed:
+                return
             self._queue.append(("end_run", (status, error), 0))
             self._queue.append(("close", (), 0))
             self._closed = True
             self._cond.notify()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """End the worker now (idempotent): calls still queued are dropped (their points
+        counted in ``dropped``) but a queued ``end_run`` and ``close``; a sink whose run
+        never finished is closed without ``end_run``. The call in progress, if any, is
+        not interrupted (a retry's backoff is). Waits at most ``timeout`` seconds;
+        returns whether the thread ended."""
+        with self._cond:
+            if not self._stopping.is_set():
+                self._stopping.set()
+                kept = deque()
+                for method, args, rows in self._queue:
+                    if method == "__sync__":
+                        args[0].set()  # nobody waits on a stopped worker
+                    elif method in _FINAL:
+                        kept.append((method, args, rows))
+                    else:
+                        self.dropped += rows
+                        self._pending_rows -= rows
+                if not self._closed:
+                    kept.append(("close", (), 0))
+                    self._closed = True
+                self._queue = kept
+                self._cond.notify()
+        return self.join(timeout)
 
     def join(self, timeout: float | None) -> bool:
         self._thread.join(timeout)
@@ -119,7 +156,10 @@ class SinkWorker:
                 if attempt == self.retries:
                     self._disable(method, exc, rows)
                     return
-                time.sleep(BACKOFF_BASE * 2**attempt * random.uniform(0.5, 1.5))
+                if self._stopping.wait(BACKOFF_BASE * 2**attempt * random.uniform(0.5, 1.5)):
+                    with self._cond:
+                        self.dropped += rows  # stopped during the backoff: no more tries
+                    return
 
     def _disable(self, method: str, exc: Exception, rows: int) -> None:
         with self._cond:
@@ -146,6 +186,7 @@ class InlineSink(SinkWorker):
         self.dropped = 0
         self.disabled = False
         self._closed = False
+        self._stopping = threading.Event()
         self._queue = deque()
         self._cond = threading.Condition()
 
@@ -169,6 +210,15 @@ class InlineSink(SinkWorker):
             self._call("end_run", (status, error), 0)
             self._call("close", (), 0)
 
+    def stop(self, timeout: float | None = None) -> bool:
+        """Close a sink whose run never finished, without ``end_run`` (idempotent)."""
+        self._stopping.set()
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._call("close", (), 0)
+        return True
+
     def join(self, timeout: float | None) -> bool:
         return True
 
@@ -182,8 +232,13 @@ class InlineSink(SinkWorker):
         return self.sink.wait_flushed
 
 
+_live: set[Dispatcher] = set()  # dispatchers with workers that may still run
+_live_lock = threading.Lock()
+
+
 class Dispatcher:
-    """The sinks of one run."""
+    """The sinks of one run, and the owner of their worker threads: ``start`` starts
+    them, ``finish`` ends them in order, ``stop`` ends them at once."""
 
     def __init__(self, run: RunInfo, sinks: list[Sink], retries: int, queue_rows: int) -> None:
         self.run = run
@@ -206,6 +261,11 @@ class Dispatcher:
                     f"sink {_label(sink)!r} failed to start run {self.run.run_id}: {exc!r}"
                 ) from exc
             started.append(sink)
+        from .. import _exit
+
+        _exit.on_shutdown(stop_all, SHUTDOWN_ORDER)
+        with _live_lock:
+            _live.add(self)
         self.workers = [
             (SinkWorker if sink.threaded else InlineSink)(sink, self.run.run_id, self.retries, self.queue_rows)
             for sink in self.sinks
@@ -230,14 +290,47 @@ class Dispatcher:
         for worker in self.workers:
             worker.finish(status, error)
         deadline = None if timeout is None else time.monotonic() + timeout
+        ended = True
         for worker in self.workers:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not worker.join(left):
+                ended = False
                 log.warning(
-                    "sink %s of run %s did not finish within %.0f s; leaving it behind",
+                    "sink %s of run %s did not finish within %.0f s; it is stopped at shutdown",
                     _label(worker.sink), self.run.run_id, timeout,
                 )
+        if ended:
+            self._forget()
         return {_label(w.sink): w.dropped for w in self.workers if w.dropped}
+
+    def stop(self, timeout: float | None = STOP_TIMEOUT) -> bool:
+        """End every worker now (idempotent; see ``SinkWorker.stop``), waiting at most
+        ``timeout`` seconds for all of them; returns whether they all ended. A worker
+        stuck in a sink call is left behind with a warning."""
+        for worker in self.workers:
+            worker.stop(0)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended = True
+        for worker in self.workers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not worker.join(left):
+                ended = False
+                log.warning("sink %s of run %s is stuck in a call; leaving it behind",
+                            _label(worker.sink), self.run.run_id)
+        self._forget()
+        return ended
+
+    def _forget(self) -> None:
+        with _live_lock:
+            _live.discard(self)
+
+
+def stop_all(timeout: float | None = STOP_TIMEOUT) -> None:
+    """Stop the workers of every dispatcher not finished yet (a shutdown step; idempotent)."""
+    with _live_lock:
+        dispatchers = list(_live)
+    for dispatcher in dispatchers:
+        dispatcher.stop(timeout)
 
 
 def _quiet_close(sink: Sink) -> None:

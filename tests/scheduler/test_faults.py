@@ -12,9 +12,9 @@ import pytest
 import notebook_exp as nx
 from notebook_exp.config import get_settings
 from notebook_exp.exceptions import ConfigError
+from notebook_exp.inventory import FakeGpuBackend, GpuInventory
 from notebook_exp.models import RunStatus
 from notebook_exp.scheduler.core import Scheduler, get_scheduler
-from notebook_exp.inventory import FakeGpuBackend, GpuInventory
 from notebook_exp.scheduler.spec import validate
 from notebook_exp.store import get_store
 

@@ -23,6 +23,7 @@ from notebook_exp.scheduler.leases import (
     default_lock_dir,
     slots_for,
 )
+from notebook_exp.testing import FakeGpus
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("_lease_child.py")
@@ -165,14 +166,14 @@ def test_reserved_gpus_are_never_leased(lock_dir):
 
 
 def test_gpu_memory_admits_only_gpus_with_that_much_free(lock_dir):
-    inventory = GpuInventory(FakeGpuBackend(2))
-    leases = LeaseManager(inventory, lock_dir)
-    inventory.backend.set(0, memory_used=14 * GiB)
+    gpus = FakeGpus(2)
+    leases = LeaseManager(gpus.inventory, lock_dir)
+    gpus.backend.set(0, memory_used=14 * GiB)
     assert leases.try_acquire("a", 0.5, gpu_memory=4 * GiB).gpus == (1,)
     assert leases.try_acquire("b", 0.5, gpu_memory=4 * GiB).gpus == (1,)
     assert leases.try_acquire("c", 0.25, gpu_memory=4 * GiB) is None  # GPU 0 lacks memory
     assert leases.try_acquire("d", 0.25, gpu_memory=2 * GiB).gpus == (0,)
-    inventory.backend.set(0, memory_used=15 * GiB)
+    gpus.backend.set(0, memory_used=15 * GiB)
     assert leases.try_acquire("e", 0.25, gpu_memory=2 * GiB) is None
     with pytest.raises(GpuUnavailable, match="have that much memory"):
         leases.try_acquire("e", 1, gpu_memory=32 * GiB)

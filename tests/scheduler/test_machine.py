@@ -30,8 +30,8 @@ SUBMITTER = """
 """
 
 
-def test_two_schedulers_never_share_a_gpu(settings_env, read_only, store_path):
-    settings_env(fake_gpus=2)
+def test_two_schedulers_never_share_a_gpu(fake_gpus, read_only, store_path):
+    fake_gpus(2)  # the submitters inherit the setting
     procs = [
         subprocess.Popen([sys.executable, "-c", textwrap.dedent(SUBMITTER), f"proc{i}"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -66,8 +66,8 @@ HOLDER = """
 """
 
 
-def test_a_killed_holder_frees_its_gpu_and_its_run_is_marked_lost(settings_env, read_only, store_path, request):
-    settings_env(fake_gpus=1)
+def test_a_killed_holder_frees_its_gpu_and_its_run_is_marked_lost(fake_gpus, read_only, store_path, request):
+    fake_gpus(1)  # this process's scheduler and, through the setting, the holder's
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     request.addfinalizer(lambda: (holder.kill(), holder.communicate()))
@@ -110,7 +110,7 @@ RESTARTED = """
 
 
 def test_a_restarted_kernel_sees_what_was_lost_and_resubmits_it(settings_env, read_only, store_path, request):
-    settings_env(max_concurrent=1)
+    settings_env(max_concurrent=1)  # for the child kernel, which reads its environment
     env = {**os.environ}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESTARTED)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

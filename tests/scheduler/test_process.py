@@ -11,8 +11,8 @@ from notebook_exp.exceptions import ConfigError
 from notebook_exp.models import RunStatus
 
 
-def test_process_run_logs_from_the_child_and_returns_its_result(settings_env):
-    settings_env(fake_gpus=2)
+def test_process_run_logs_from_the_child_and_returns_its_result(fake_gpus):
+    fake_gpus(2)
 
     def train(run, lr):
         import os
@@ -70,8 +70,8 @@ def test_process_retries_across_attempts(store_path, tmp_path):
     assert list(nx.metrics(job.run_id, "n").value) == [3.0]
 
 
-def test_process_run_stuck_in_a_c_call_is_killed_at_timeout(settings_env):
-    settings_env(cancel_grace=0.5)
+def test_process_run_stuck_in_a_c_call_is_killed_at_timeout(use_settings):
+    use_settings(cancel_grace=0.5)
 
     def stuck(run):
         import re

@@ -32,8 +32,8 @@ def wait_running(job, seconds=10):
         time.sleep(0.005)
 
 
-def test_priority_then_fifo_order(settings_env):
-    settings_env(max_concurrent=1)
+def test_priority_then_fifo_order(use_settings):
+    use_settings(max_concurrent=1)
     gate, order = threading.Event(), []
     first = nx.submit(blocker(gate), name="blocker")
     wait_running(first)
@@ -48,7 +48,7 @@ def test_priority_then_fifo_order(settings_env):
     assert first.queue_position is None
 
 
-def test_after_chain_runs_in_order_and_a_failed_dependency_cancels(settings_env):
+def test_after_chain_runs_in_order_and_a_failed_dependency_cancels(store_path):
     order = []
     a = nx.submit(record(order, "a"))
     b = nx.submit(record(order, "b"), after=a)
@@ -115,8 +115,8 @@ def test_failing_after_all_retries_goes_to_the_dead_letters(store_path):
     assert "RuntimeError: still broken" in dead.error[0]
 
 
-def test_cancel_queued_and_running_thread_runs(settings_env):
-    settings_env(max_concurrent=1)
+def test_cancel_queued_and_running_thread_runs(use_settings):
+    use_settings(max_concurrent=1)
     started = threading.Event()
 
     def loop(run):
@@ -148,8 +148,8 @@ def test_thread_timeout_is_raised_at_the_next_log(store_path):
     assert nx.runs().error[0].startswith("timeout")
 
 
-def test_thread_run_that_never_logs_is_stopped_after_the_grace(settings_env):
-    settings_env(cancel_grace=0.2)
+def test_thread_run_that_never_logs_is_stopped_after_the_grace(use_settings):
+    use_settings(cancel_grace=0.2)
 
     def spin(run):
         while True:
@@ -159,8 +159,8 @@ def test_thread_run_that_never_logs_is_stopped_after_the_grace(settings_env):
     assert job.wait(10) == RunStatus.FAILED and job.error.startswith("timeout")
 
 
-def test_run_device_and_gpus_in_the_thread_executor(settings_env):
-    settings_env(fake_gpus=2)
+def test_run_device_and_gpus_in_the_thread_executor(fake_gpus):
+    fake_gpus(2)
     seen = []
     jobs = [nx.submit(lambda run: seen.append((run.gpus, run.device)), gpus=1) for _ in range(2)]
     nx.wait(jobs, timeout=30)
@@ -188,8 +188,8 @@ def test_current_run_inside_a_scheduled_run():
     assert seen == [True]
 
 
-def test_gpus_reports_telemetry_and_holders(settings_env):
-    settings_env(fake_gpus=2)
+def test_gpus_reports_telemetry_and_holders(fake_gpus):
+    fake_gpus(2)
     gate = threading.Event()
     job = nx.submit(blocker(gate), gpus=1)
     wait_running(job)
@@ -233,8 +233,8 @@ def test_wrong_signature_fails_before_queueing(store_path):
     assert nx.runs().empty
 
 
-def test_more_gpus_than_the_machine_has(settings_env, store_path):
-    settings_env(fake_gpus=2)
+def test_more_gpus_than_the_machine_has(fake_gpus, store_path):
+    fake_gpus(2)
     with pytest.raises(GpuUnavailable, match="2"):
         nx.submit(lambda run: None, gpus=3)
     assert nx.runs().empty

@@ -1,4 +1,4 @@
-"""The failure policy of sinks (STYLE.md item 6) and backpressure, with real runs."""
+"""The failure policy of sinks (docs/architecture.md §6) and backpressure, with real runs."""
 
 import threading
 import time
@@ -127,11 +127,8 @@ def test_unknown_sink_name_lists_the_registered_ones():
         nx.start_run(sinks=["nope"])
 
 
-def test_sinks_setting_picks_sinks_by_name(monkeypatch, store_path):
-    from notebook_exp.config import reset_settings
-
-    monkeypatch.setenv("NOTEBOOK_EXP_SINKS", "duckdb, jsonl")
-    reset_settings()
+def test_sinks_setting_picks_sinks_by_name(settings_env, store_path):
+    settings_env(SINKS="duckdb, jsonl")
     with nx.start_run() as run:
         run.log(x=1.0)
     assert (store_path.parent / "jsonl" / f"{run.run_id}.jsonl").exists()

@@ -6,16 +6,22 @@ from typing import Any
 
 from ...exceptions import RunCancelled, RunTimedOut
 
+CLOSE_TIMEOUT = 5.0  # seconds ``close()`` waits for an executor's threads, all together
+
 
 class Executor:
     """Runs one attempt of a job at a time per call, without blocking the scheduler.
 
-    ``start(job, lease)`` returns at once; the executor calls
-    ``scheduler.running(job)`` when the run's code starts and, exactly once,
-    ``scheduler.attempt_ended(job, status, error, result, run=..., recorded=...)``
-    when the attempt is over. ``stop(job, reason)`` ("cancel" or "timeout")
-    asks a running attempt to stop and makes sure it does. ``close()`` releases
-    the executor's resources when the scheduler stops.
+    ``start(job, lease)`` returns at once (the inline executor of
+    ``notebook_exp.testing`` is the exception: it runs the attempt before it
+    returns); the executor calls ``scheduler.running(job)`` when the run's code
+    starts and, exactly once, ``scheduler.attempt_ended(job, status, error,
+    result, run=..., recorded=...)`` when the attempt is over. ``stop(job,
+    reason)`` ("cancel" or "timeout") asks a running attempt to stop and makes
+    sure it does. ``close()``, called once the scheduler stopped (and safe to
+    call again), releases the executor's resources: it owns every thread and
+    timer it starts, and ends them or waits for them, at most ``timeout``
+    seconds in all.
     """
 
     name = ""
@@ -29,7 +35,7 @@ class Executor:
     def stop(self, job, reason: str) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Nothing to release by default."""
 
 

@@ -15,10 +15,17 @@ the final status itself: the child's reason (a sink that failed to load, a
 store it could not open), or, when the child died without a result (a signal,
 ``os._exit``, a crash before the run began), ``lost: the run's process ended
 with ...`` and the last lines the child wrote to stderr.
+
+The executor owns its threads: per child a monitor (``notebook_exp-proc[...]``)
+that reads its status pipe and records the outcome, two readers of its stdout
+and stderr, and the SIGKILL timer armed by a cancel. A timer is cancelled once
+its child is gone; ``close()`` kills every child still running and waits,
+within a bound, for the monitors (which wait for their readers).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -26,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from ...collectors import system
 from ...exceptions import ConfigError
 from ...models import RunStatus
-from .base import Executor, stopped_outcome
+from .base import CLOSE_TIMEOUT, Executor, stopped_outcome
+
+log = logging.getLogger("notebook_exp.scheduler")
 
 _IMPORTANT = ("fn", "params")
 TAIL_LINES = 20  # lines of a lost child's stderr quoted in the run's reason, at most
@@ -81,6 +91,9 @@ class ProcessExecutor(Executor):
     def __init__(self, scheduler) -> None:
         super().__init__(scheduler)
         self._procs: dict[str, subprocess.Popen] = {}
+        self._monitors: dict[str, threading.Thread] = {}
+        self._kills: dict[str, threading.Timer] = {}
+        self._lock = threading.Lock()
 
     def start(self, job, lease) -> None:
         import cloudpickle
@@ -111,15 +124,19 @@ class ProcessExecutor(Executor):
         self._procs[job.run_id] = proc
         system.separate(proc.pid)  # the child samples its own telemetry
         if job.stop_reason:  # cancelled while the child was being started
-            self._terminate(proc)
-        threading.Thread(target=self._monitor, args=(job, proc, folder, status_read),
-                         name=f"notebook_exp-proc[{job.run_id[:8]}]", daemon=True).start()
+            self._terminate(job, proc)
+        monitor = threading.Thread(target=self._monitor, args=(job, proc, folder, status_read),
+                                   name=f"notebook_exp-proc[{job.run_id[:8]}]", daemon=True)
+        with self._lock:
+            self._monitors[job.run_id] = monitor
+        monitor.start()
 
     def _monitor(self, job, proc: subprocess.Popen, folder: Path, status_fd: int) -> None:
         stderr = _Tail()
         readers = [
-            threading.Thread(target=_pump, args=(stream, job, tail), daemon=True)
-            for stream, tail in ((proc.stdout, None), (proc.stderr, stderr))
+            threading.Thread(target=_pump, args=(stream, job, tail), daemon=True,
+                             name=f"notebook_exp-proc-{label}[{job.run_id[:8]}]")
+            for label, stream, tail in (("out", proc.stdout, None), ("err", proc.stderr, stderr))
         ]
         for reader in readers:
             reader.start()
@@ -133,14 +150,19 @@ class ProcessExecutor(Executor):
                     job._progress.total = None if rest[1] == b"-" else int(rest[1])
                     job._progress.touch()
         proc.wait()
+        self._disarm(job.run_id)  # nothing left to kill
         system.rejoin(proc.pid)
         for reader in readers:
             reader.join()
         self._procs.pop(job.run_id, None)
-        status, error, result, recorded = self._outcome(job, proc.returncode, folder / "payload.pkl.result", stderr)
-        shutil.rmtree(folder, ignore_errors=True)
-        self.scheduler.records.output(job)
-        self.scheduler.attempt_ended(job, status, error, result, recorded=recorded)
+        try:
+            status, error, result, recorded = self._outcome(job, proc.returncode, folder / "payload.pkl.result", stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+            self.scheduler.records.output(job)
+            self.scheduler.attempt_ended(job, status, error, result, recorded=recorded)
+        finally:
+            with self._lock:
+                self._monitors.pop(job.run_id, None)
 
     def _outcome(self, job, code: int, result_file: Path, stderr: _Tail):
         """``(status, error, result, recorded)`` of an attempt whose child exited with ``code``."""
@@ -165,18 +187,46 @@ class ProcessExecutor(Executor):
         job.stop_reason = reason
         proc = self._procs.get(job.run_id)
         if proc is not None:  # else start() sees stop_reason
-            self._terminate(proc)
+            self._terminate(job, proc)
 
-    def _terminate(self, proc: subprocess.Popen) -> None:
+    def _terminate(self, job, proc: subprocess.Popen) -> None:
         """SIGTERM now, SIGKILL after ``cancel_grace`` seconds if it still runs."""
         _signal(proc, signal.SIGTERM)
         timer = threading.Timer(self.scheduler.settings.cancel_grace, _signal, args=(proc, signal.SIGKILL))
+        timer.name = f"notebook_exp-proc-kill[{job.run_id[:8]}]"
         timer.daemon = True
+        with self._lock:
+            previous = self._kills.pop(job.run_id, None)
+            self._kills[job.run_id] = timer
+        if previous is not None:
+            previous.cancel()
         timer.start()
+        if proc.poll() is not None:  # already gone: the monitor may have disarmed before we armed
+            self._disarm(job.run_id)
 
-    def close(self) -> None:
+    def _disarm(self, run_id: str) -> None:
+        """Cancel the SIGKILL timer of ``run_id``'s child, if one is armed."""
+        with self._lock:
+            timer = self._kills.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Kill every child still running, cancel the SIGKILL timers and wait, at most
+        ``timeout`` seconds in all, for the monitors to record the outcomes (idempotent)."""
         for proc in list(self._procs.values()):
             _signal(proc, signal.SIGKILL)
+        with self._lock:
+            timers = list(self._kills.values())
+            self._kills.clear()
+            monitors = list(self._monitors.values())
+        for timer in timers:
+            timer.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in timers + monitors:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s did not end within %.0f s of the scheduler stopping", thread.name, timeout)
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:

@@ -5,16 +5,25 @@ timeouts are cooperative: the run's next ``run.log`` raises ``RunCancelled`` /
 ``RunTimedOut``. Code that never logs gets the same exception injected into
 its thread after ``cancel_grace`` seconds (raised at its next Python bytecode:
 a thread stuck inside a C call cannot be stopped; use ``executor="process"``).
+
+The executor owns its threads: each attempt's run thread and the force-stop
+timer armed by ``stop``. A timer is cancelled as soon as its attempt ends;
+``close()`` (when the scheduler stops) forces at once what ``stop`` asked for
+and waits, within a bound, for those threads to end.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
+import time
 
 from ...models import RunStatus
 from ..output import route, unroute
-from .base import Executor, stop_exception, stopped_outcome
+from .base import CLOSE_TIMEOUT, Executor, stop_exception, stopped_outcome
+
+log = logging.getLogger("notebook_exp.scheduler")
 
 
 class ThreadExecutor(Executor):
@@ -25,6 +34,8 @@ class ThreadExecutor(Executor):
     def __init__(self, scheduler) -> None:
         super().__init__(scheduler)
         self._threads: dict[str, threading.Thread] = {}
+        self._timers: dict[str, tuple[threading.Timer, object, type[BaseException]]] = {}
+        self._lock = threading.Lock()
 
     def start(self, job, lease) -> None:
         thread = threading.Thread(target=self._run, args=(job,), name=f"notebook_exp-run[{job.run_id[:8]}]", daemon=True)
@@ -54,23 +65,64 @@ class ThreadExecutor(Executor):
         finally:
             unroute()
             self._threads.pop(job.run_id, None)
+            self._disarm(job)
             scheduler.records.output(job)
             scheduler.attempt_ended(job, status, error, result, run=run)
 
     def stop(self, job, reason: str) -> None:
         if job.stop_reason:
             return
+        exc = self._interrupt(job, reason)
+        timer = threading.Timer(self.scheduler.settings.cancel_grace, self._force, args=(job, type(exc)))
+        timer.name = f"notebook_exp-run-stop[{job.run_id[:8]}]"
+        timer.daemon = True
+        with self._lock:
+            self._timers[job.run_id] = (timer, job, type(exc))
+        timer.start()
+        if job.done or job.run_id not in self._threads:  # the attempt ended meanwhile
+            self._disarm(job)
+
+    def _interrupt(self, job, reason: str) -> BaseException:
+        """Record why ``job`` stops and make its run's next ``log`` raise; returns the exception."""
         job.stop_reason = reason
         exc = stop_exception(job, reason)
         if job.run is not None:
             job.run.interrupt(exc)
-        timer = threading.Timer(self.scheduler.settings.cancel_grace, self._force, args=(job, type(exc)))
-        timer.daemon = True
-        timer.start()
+        return exc
+
+    def _disarm(self, job) -> None:
+        """Cancel ``job``'s force-stop timer, if one is armed."""
+        with self._lock:
+            entry = self._timers.pop(job.run_id, None)
+        if entry is not None:
+            entry[0].cancel()
 
     def _force(self, job, exc_type: type[BaseException]) -> None:
         """The fallback for code that never logs: raise in the run's thread."""
+        with self._lock:
+            self._timers.pop(job.run_id, None)
         thread = self._threads.get(job.run_id)
         if thread is None or job.done or thread.ident is None:
             return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop the executor's threads (idempotent): attempts ``stop`` was asked to end are
+        forced now rather than at the end of their grace, and their run threads and the
+        timers are waited for, at most ``timeout`` seconds in all. An attempt nobody
+        asked to stop (``Scheduler.stop(cancel=False)`` ran out of time) goes on."""
+        with self._lock:
+            timers = list(self._timers.values())
+            self._timers.clear()
+        for timer, job, exc_type in timers:
+            timer.cancel()
+            self._force(job, exc_type)
+        stopping = [
+            thread for run_id, thread in list(self._threads.items())
+            if getattr(self.scheduler.job(run_id), "stop_reason", None)
+        ]
+        deadline = time.monotonic() + timeout
+        for thread in [timer for timer, _job, _exc in timers] + stopping:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive() and thread in stopping:
+                log.warning("%s did not stop (stuck in a C call?); leaving it behind", thread.name)
