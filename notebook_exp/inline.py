@@ -8,9 +8,11 @@ their store). In a notebook it shows as an HTML table with coloured status
 cells and its columns grouped under run / params / metrics, every value
 escaped. ``RunsTable.plot(key)`` replaces pandas' plot accessor: it draws one
 line per run of the metric ``key`` in an interactive bokeh figure (a
-``MetricPlot``), which embeds BokehJS in the output itself, so it renders in
-JupyterLab without internet. ``pandas.DataFrame(table).plot`` gives pandas'
-plotting back.
+``MetricPlot``). BokehJS travels in the notebook itself, once: the first chart a
+kernel shows carries the bundle (gzip-compressed, about 470 kB instead of
+1.3 MB), later charts only their data and a script that waits for it, so a
+notebook with many charts stays light and still renders in JupyterLab without
+internet or a CDN. ``pandas.DataFrame(table).plot`` gives pandas' plotting back.
 """
 
 from __future__ import annotations
@@ -260,12 +262,123 @@ def _hover(lines: list, smooth: float):
                      formatters={"@ts": "datetime", "@value": "printf", "@raw": "printf"})
 
 
+# -- BokehJS, once per notebook ----------------------------------------------------
+BOKEHJS_ATTR = "data-nx-bokehjs"  # marks the one output that carries the bundle (its value: the version)
+BOKEHJS_TIMEOUT_MS = 20_000  # how long a chart waits for the bundle before it says it is missing
+_carrier: tuple[object, int] | None = None  # (cell, execution count) of the output that carries BokehJS
+_bundle: str | None = None
+
+
+def _bokehjs_bundle() -> str:
+    """BokehJS (bokeh.min.js of the installed bokeh), gzip-compressed and base64-encoded.
+
+    Deterministic (mtime 0), so the same bokeh gives the same bytes in every kernel."""
+    global _bundle
+    if _bundle is None:
+        import base64
+        import gzip
+
+        from bokeh.resources import Resources
+
+        js = "\n".join(Resources(mode="inline", components=["bokeh"]).js_raw)
+        _bundle = base64.b64encode(gzip.compress(js.encode("utf-8"), 9, mtime=0)).decode("ascii")
+    return _bundle
+
+
+def _bokehjs_loader() -> str:
+    """A script that defines BokehJS on the page from the compressed bundle, at most once per page.
+
+    ``window.__nxBokehJS`` is the promise charts wait on; a page that already has
+    this version of BokehJS (another output loaded it) resolves at once."""
+    import bokeh
+
+    version = bokeh.__version__
+    return (
+        f'<script type="text/javascript" {BOKEHJS_ATTR}="{version}">\n'
+        "(function(root) {\n"
+        f'  if (root.Bokeh !== undefined && root.Bokeh.version === "{version}") {{\n'
+        "    root.__nxBokehJS = Promise.resolve(root.Bokeh); return;\n"
+        "  }\n"
+        f'  const data = "{_bokehjs_bundle()}";\n'
+        "  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));\n"
+        "  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));\n"
+        "  root.__nxBokehJS = new Response(stream).text().then((code) => {\n"
+        "    const tag = document.createElement('script');\n"
+        "    tag.textContent = code;\n"
+        "    document.head.appendChild(tag);\n"
+        "    return root.Bokeh;\n"
+        "  });\n"
+        "})(window);\n"
+        "</script>"
+    )
+
+
+def _current_cell() -> tuple[object, int] | None:
+    """(cell, execution count) of the notebook cell running now; None outside IPython.
+
+    The cell is its id when the frontend sends one (JupyterLab does), else its source."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return None
+    shell = get_ipython()
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    if result is None or getattr(result, "info", None) is None:
+        return None
+    info = result.info
+    return (info.cell_id or info.raw_cell), result.execution_count
+
+
+def _claim_bokehjs() -> bool:
+    """Whether the chart being shown now must carry BokehJS.
+
+    True for the first chart of a kernel, and again when the cell whose output
+    carried it runs again (that output, and the bundle with it, is being replaced).
+    Outside a cell (a plain script, a thread) every chart carries it."""
+    global _carrier
+    cell = _current_cell()
+    if cell is None:
+        return True
+    if _carrier is None or (_carrier[0] == cell[0] and _carrier[1] != cell[1]):
+        _carrier = cell
+        return True
+    return False
+
+
+def _waiting_script(script: str, div_id: str) -> str:
+    """Bokeh's embed script, run once the page's BokehJS is there; a note in the chart if it never comes."""
+    return (
+        '<script type="text/javascript">\n'
+        "(function(root) {\n"
+        "  function embed() {\n"
+        f"{script}\n"
+        "  }\n"
+        "  if (root.Bokeh !== undefined) { embed(); return; }\n"
+        "  if (root.__nxBokehJS !== undefined) { root.__nxBokehJS.then(embed); return; }\n"
+        "  const started = Date.now();\n"
+        "  const timer = setInterval(function() {\n"
+        "    if (root.Bokeh !== undefined || root.__nxBokehJS !== undefined) {\n"
+        "      clearInterval(timer); (root.__nxBokehJS || Promise.resolve()).then(embed);\n"
+        f"    }} else if (Date.now() - started > {BOKEHJS_TIMEOUT_MS}) {{\n"
+        "      clearInterval(timer);\n"
+        f'      const el = document.getElementById("{div_id}");\n'
+        "      if (el) el.textContent = 'BokehJS is not loaded on this page: the output of the notebook\\'s '\n"
+        "        + 'first chart carries it. Run that cell again (or any .plot() after a kernel restart).';\n"
+        "    }\n"
+        "  }, 50);\n"
+        "})(window);\n"
+        "</script>"
+    )
+
+
 class MetricPlot:
     """An interactive bokeh chart of one metric over runs (the bokeh figure is ``figure``).
 
-    In a notebook it renders inline with BokehJS embedded in the output (no
-    internet, no iframe), so saved notebooks keep working offline; its plain
-    text is ``<MetricPlot loss: 4 runs>``. ``to_html()`` gives that HTML.
+    In a notebook it renders inline with BokehJS from the notebook itself (no
+    internet, no CDN, no iframe): the first chart of a kernel carries the
+    bundle, compressed, and later ones wait for it, so saved notebooks keep
+    working offline and stay light. Its plain text is ``<MetricPlot loss: 4
+    runs>``. ``to_html()`` gives a fragment that carries its own BokehJS.
     """
 
     def __init__(self, figure: Any, key: str, runs: int) -> None:
@@ -276,17 +389,20 @@ class MetricPlot:
     def __repr__(self) -> str:
         return f"<MetricPlot {self.key}: {self.runs} run{'' if self.runs == 1 else 's'}>"
 
-    def to_html(self) -> str:
-        """A self-contained HTML fragment: BokehJS inline, then the figure's div and script."""
+    def to_html(self, bokehjs: bool = True) -> str:
+        """An HTML fragment: the figure's div and script, with BokehJS (compressed) first
+        when ``bokehjs`` is true; without it the chart waits for BokehJS that another
+        output on the page provides."""
         from bokeh.embed import components
-        from bokeh.resources import Resources
 
-        resources = Resources(mode="inline", components=["bokeh"])  # what a plot needs: 1/3 of INLINE
-        script, div = components(self.figure)
-        return f'<div class="nx-metric-plot">{resources.render_js()}{div}{script}</div>'
+        script, div = components(self.figure, wrap_script=False)
+        div_id = f"nx-plot-{self.figure.id}"
+        loader = _bokehjs_loader() if bokehjs else ""
+        return (f'<div class="nx-metric-plot">{loader}<div id="{div_id}">{div}</div>'
+                f"{_waiting_script(script, div_id)}</div>")
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        return self.to_html(bokehjs=_claim_bokehjs())
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/html": self.to_html(), "text/plain": repr(self)}
+        return {"text/html": self._repr_html_(), "text/plain": repr(self)}

@@ -114,12 +114,16 @@ def test_cli_demo_runs_a_real_sweep(store_path, run_python, read_only):
         "import sys\nfrom notebook_exp.cli import main\nsys.exit(main(['demo', '--no-view', '--steps', '40000']))"
     )
     assert "Read back from DuckDB" in proc.stdout
-    assert read_only(store_path, "SELECT status, count(*) FROM runs GROUP BY 1") == [("completed", 4)]
+    # every state the viewer shows: four trainings, one that diverges, one cancelled
+    assert read_only(store_path, "SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 1") \
+        == [("cancelled", 1), ("completed", 4), ("failed", 1)]
     # loss every step, acc every 50th step and the last one
-    assert read_only(store_path, "SELECT key, count(*) FROM metrics WHERE key IN ('loss', 'acc') GROUP BY 1 ORDER BY 1") \
+    assert read_only(store_path, "SELECT key, count(*) FROM metrics JOIN runs USING (run_id) WHERE status = 'completed' "
+                                 "AND key IN ('loss', 'acc') GROUP BY 1 ORDER BY 1") \
         == [("acc", 4 * 801), ("loss", 4 * 40_000)]
     # runs of about a second, sampled every 0.25 s: the System tab has something to show for each
-    sampled = read_only(store_path, "SELECT run_id, count(*) FROM metrics WHERE key = 'sys/memory_rss_mb' GROUP BY 1")
+    sampled = read_only(store_path, "SELECT run_id, count(*) FROM metrics JOIN runs USING (run_id) "
+                                    "WHERE status = 'completed' AND key = 'sys/memory_rss_mb' GROUP BY 1")
     assert len(sampled) == 4 and all(n >= 1 for _run, n in sampled)
 
 
