@@ -32,8 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tracking", ("notebook_exp.tracking",)),
     ("scheduler", ("notebook_exp.scheduler",)),
     ("viewer", ("notebook_exp_viewer",)),
-    ("notebook", ("notebook_exp",)),  # the front door, magics, widgets, cli: everything else of the package
-    ("testing", ("notebook_exp.testing",)),
+    # the front door, magics, widgets, cli, the testing fakes: everything else of the package
+    ("notebook", ("notebook_exp",)),
 ]
 
 

@@ -4,17 +4,36 @@
     notebook-exp runs [-e EXP]       print the runs table
     notebook-exp sql "SELECT ..."    run a read-only query on the store
     notebook-exp view                serve the viewer (Panel) for the store
+    notebook-exp recover [--list]    list spills (writes kept while the store could not be written)
+                                     and ingest them into the store
+
+Exit status: 0 when a command finished, and also when a server (``view``,
+``demo``) was stopped by Ctrl-C (SIGINT) or SIGTERM, which is how a server
+ends; 2 for errors; 130 when Ctrl-C and 143 when SIGTERM interrupted other
+work (the demo's sweep, a query), after runs in progress ended as cancelled.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from . import __version__
 from .demo import DEFAULT_STEPS
 
 STORE_HELP = "store file (default: $NOTEBOOK_EXP_STORE or ./.notebook_exp/store.duckdb)"
+EXIT_HELP = ("Exit status: 0 when done, also when Ctrl-C (SIGINT) or SIGTERM stops a server (view, demo); "
+             "2 on errors; 130 (SIGINT) or 143 (SIGTERM) when a signal interrupts other work.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the
+    same clean-up runs (a run in progress ends as cancelled) before exit 143."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise Terminated("terminated by SIGTERM")
 
 
 def _use_store(path: str | None) -> None:
@@ -41,7 +60,8 @@ def cmd_demo(args) -> int:
     from .demo import run_sweep
     from .store import sql
 
-    print(f"Sweeping 4 runs x {args.steps} steps into {get_settings().store_path}")
+    print(f"Sweeping 6 runs (4 x {args.steps:,} steps, one that diverges, one cancelled) into "
+          f"{get_settings().store_path}", flush=True)
     ids = run_sweep(steps=args.steps)
     summary = sql(
         """SELECT r.name, r.status, json_extract(r.params, '$.lr')::DOUBLE AS lr,
@@ -56,6 +76,7 @@ def cmd_demo(args) -> int:
     )
     print("\nRead back from DuckDB:")
     _print_frame(summary)
+    sys.stdout.flush()
     if args.view:
         return cmd_view(args)
     return 0
@@ -78,14 +99,44 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_recover(args) -> int:
+    from .config import get_settings
+    from .store import get_store, spill
+
+    settings = get_settings()
+    pending = spill.pending(settings.store_path, settings.spill_dir)
+    if not pending:
+        print(f"no spills waiting for {settings.store_path}")
+        return 0
+    print(f"{len(pending)} spill(s) waiting for {settings.store_path}:")
+    for info in pending:
+        print(f"  {info.path}  written {info.written_at} UTC by process {info.pid}: {info.points:,} points of "
+              f"{len(info.runs)} run(s), {info.ops} writes ({info.reason})")
+    if args.list:
+        return 0
+    store = get_store(settings.store_path, settings=settings)
+    store.close()  # the next open re-prepares the store, which ingests every pending spill
+    store.ensure()
+    left = spill.pending(settings.store_path, settings.spill_dir)
+    done = len(pending) - len(left)
+    print(f"ingested {done} spill(s), {sum(i.points for i in pending) - sum(i.points for i in left):,} points")
+    if left:
+        print(f"{len(left)} spill(s) could not be ingested (see the log above); they stay in place", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_view(args) -> int:
+    """Serve until SIGINT or SIGTERM; the server then closes its sessions and this returns 0."""
     import notebook_exp_viewer as viewer
+    from notebook_exp_viewer.server import stopped_line
 
     from .config import get_settings
 
-    print(f"Serving the viewer on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
-    viewer.serve(store=get_settings().store_path, host=args.host, port=args.port, show=args.show,
-                 basic_auth=args.basic_auth)
+    print(f"Serving the viewer on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    server = viewer.serve(store=get_settings().store_path, host=args.host, port=args.port, show=args.show,
+                          basic_auth=args.basic_auth)
+    print(stopped_line(server), flush=True)
     return 0
 
 
@@ -93,12 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notebook-exp",
         description="Run and track ML experiments from Jupyter; this CLI reads and serves the store.",
-        epilog="Environment: NOTEBOOK_EXP_STORE, NOTEBOOK_EXP_SINKS, NOTEBOOK_EXP_FAKE_GPUS, NOTEBOOK_EXP_LOCK_DIR.",
+        epilog="Environment: NOTEBOOK_EXP_STORE, NOTEBOOK_EXP_SINKS, NOTEBOOK_EXP_FAKE_GPUS, "
+               "NOTEBOOK_EXP_LOCK_DIR. " + EXIT_HELP,
     )
     parser.add_argument("--version", action="version", version=f"notebook-exp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a small real sweep into the store, print it, then serve the viewer")
+    demo = sub.add_parser("demo", help="run a small real sweep into the store, print it, then serve the viewer",
+                          epilog=EXIT_HELP)
     demo.add_argument("--store", help=STORE_HELP)
     demo.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                       help=f"training steps per run (default {DEFAULT_STEPS:,})")
@@ -116,7 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--store", help=STORE_HELP)
     query.set_defaults(func=cmd_sql)
 
-    view = sub.add_parser("view", help="serve the viewer web app for the store")
+    recover = sub.add_parser("recover", help="list spills (writes kept on disk while the store could not be "
+                                             "written) and ingest them into the store")
+    recover.add_argument("--store", help=STORE_HELP)
+    recover.add_argument("--list", action="store_true", help="only list them")
+    recover.set_defaults(func=cmd_recover)
+
+    view = sub.add_parser("view", help="serve the viewer web app for the store (until Ctrl-C or SIGTERM)",
+                          epilog=EXIT_HELP)
     view.add_argument("--store", help=STORE_HELP)
     view.add_argument("--show", action="store_true", help="open a browser")
     view.set_defaults(func=cmd_view)
@@ -130,17 +190,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     _use_store(getattr(args, "store", None))
     from .exceptions import NotebookExpError
 
+    previous = _catch_sigterm()
     try:
         return args.func(args)
     except NotebookExpError as exc:
         print(f"notebook-exp: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"notebook-exp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into ``Terminated`` (main thread only); returns the handler it replaced."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals to the caller
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,8 +50,8 @@ class SystemCollector:
     def sample(self) -> dict[str, float]:
         """One reading of every ``sys/`` metric this machine reports."""
         psutil = self._psutil
-        now = time.monotonic()
         cpu, rss = self._process_tree()
+        now = time.monotonic()  # when the CPU times were read: a slow walk of the tree skews nothing
         machine = psutil.cpu_times()
         # guest time is already part of user and nice time on Linux
         total = sum(machine) - getattr(machine, "guest", 0.0) - getattr(machine, "guest_nice", 0.0)

@@ -22,6 +22,7 @@ import threading
 import time
 
 from .._threads import Ticking
+from ..store._gil import quick_gil_handoff
 from .gpu import GpuCollector
 from .system import SystemCollector
 
@@ -116,7 +117,7 @@ class TelemetrySampler(Ticking):
         """The process's readings (shared by its runs for up to ``MIN_GAP`` seconds) and
         those of ``run``'s GPUs; ``{}`` if they cannot be read (warned about once)."""
         try:
-            with self._sample_lock:
+            with self._sample_lock, quick_gil_handoff():  # psutil's many calls each wait for the GIL
                 now = time.monotonic()
                 if self._cached is None or now - self._cached[0] >= min(MIN_GAP, interval):
                     if self._system is None:

@@ -15,6 +15,7 @@ from ._ticker import ticker
 
 STORE_POLL = 1.0  # seconds between store reads for runs in another process
 STORE_TIMEOUT = 0.2  # a busy store skips this turn rather than hold up the ticker
+FINAL_READ_FOR = 30.0  # seconds a card whose run ended keeps trying to read its final metrics
 
 
 class RunCard(w.VBox):
@@ -29,6 +30,7 @@ class RunCard(w.VBox):
         self._last_step: int | None = None
         self._values: dict[str, tuple[int, float]] = {}
         self._polled = 0.0
+        self._stale = False  # the last store read failed: the metrics shown may be old
         self.header = w.HTML()
         self.params = w.HTML(self._params_html())
         self.bar = w.IntProgress(min=0, max=1, layout=w.Layout(width="260px", visibility="hidden"))
@@ -64,7 +66,8 @@ class RunCard(w.VBox):
 
     # -- refreshing -------------------------------------------------------------
     def tick(self) -> bool:
-        """Redraw what changed; returns False once the run has ended (last redraw)."""
+        """Redraw what changed; returns False once the run has ended and its final
+        metrics were read (a busy store is retried for ``FINAL_READ_FOR`` seconds)."""
         job = self.job
         done = job.done
         changed = self._set(self.header, "value", self._header_html())
@@ -80,6 +83,8 @@ class RunCard(w.VBox):
             changed = True
         if changed:
             self.updates += 1
+        if done and self._stale and job.ended_at and time.time() - job.ended_at < FINAL_READ_FOR:
+            return True
         return not done
 
     @staticmethod
@@ -151,7 +156,7 @@ class RunCard(w.VBox):
         if job.run is not None:
             return job.run.last_values()
         now = time.monotonic()
-        if job.status == RunStatus.QUEUED or (now - self._polled < STORE_POLL and not job.done):
+        if job.status == RunStatus.QUEUED or (now - self._polled < STORE_POLL and (not job.done or self._stale)):
             return self._values
         self._polled = now
         try:
@@ -160,7 +165,9 @@ class RunCard(w.VBox):
                 timeout=STORE_TIMEOUT,
             )
         except Exception:  # noqa: BLE001 - the store may be busy; try again next time
+            self._stale = True
             return self._values
+        self._stale = False
         return {k: (s, v) for k, s, v in zip(*(frame.column(i).to_pylist() for i in range(3)))}
 
 

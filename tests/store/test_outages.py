@@ -3,6 +3,8 @@ spills and their ingestion, exit with runs left open."""
 
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -133,7 +135,12 @@ def test_a_run_that_ends_during_the_outage_is_spilled_and_ingested_once_by_the_n
     copy = tmp_path / "copy-of-spill"
     shutil.copytree(spills[0], copy)
     (small_disk / "ballast").unlink()
-    get_store(path).ensure()  # the next writer to open the store
+    cli = [sys.executable, "-m", "notebook_exp.cli", "recover", "--store", str(path)]
+    listed = subprocess.run([*cli, "--list"], capture_output=True, text=True, check=True).stdout
+    assert "1 spill(s) waiting" in listed and "50,000 points of 1 run(s)" in listed
+    assert spills[0].exists()  # --list only lists
+    done = subprocess.run(cli, capture_output=True, text=True, check=True).stdout  # the next writer
+    assert "ingested 1 spill(s), 50,000 points" in done
     assert not spills[0].exists()
     assert counts(read_only, path, run_id) == (51_000, 51_000)
     assert read_only(path, "SELECT status, spilled, dropped FROM runs") == [("completed", 50_000, 0)]
