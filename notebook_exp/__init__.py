@@ -32,7 +32,7 @@ _EXPORTS = {
     "RunInterrupted": "notebook_exp.exceptions",
     "RunInfo": "notebook_exp.models",
     "RunStatus": "notebook_exp.models",
-    "RunsTable": "notebook_exp.inline",
+    "RunsTable": "notebook_exp._inline",
     "RunTimedOut": "notebook_exp.exceptions",
     "Settings": "notebook_exp.config",
     "Sink": "notebook_exp.sinks.base",
@@ -48,7 +48,7 @@ _EXPORTS = {
     "resubmit": "notebook_exp.scheduler.api",
     "submit": "notebook_exp.scheduler.api",
     "sweep": "notebook_exp.scheduler.api",
-    "view": "notebook_exp.viewing",
+    "view": "notebook_exp._viewing",
     "wait": "notebook_exp.scheduler.api",
     "metrics": "notebook_exp.store.queries",
     "runs": "notebook_exp._reading",
@@ -80,7 +80,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from ._inline import RunsTable
     from ._reading import runs
+    from ._viewing import view
     from .config import Settings, get_settings
     from .exceptions import (
         ConfigError,
@@ -97,7 +99,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         StoreLocked,
         StoreUnavailable,
     )
-    from .inline import RunsTable
     from .models import MetricBatch, RunInfo, RunStatus
     from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
     from .scheduler.job import Job
@@ -106,5 +107,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .store.queries import metrics, sql
     from .testing import MemorySink
     from .tracking.run import Run, current_run, start_run
-    from .viewing import view
     from .widgets.submit_form import launcher

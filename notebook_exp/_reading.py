@@ -2,7 +2,7 @@
 
 The query is the store's (``store.queries.runs``, a plain pandas frame); this
 notebook-layer wrapper adds the rich view and ``.plot``. Kept apart from
-``inline`` so that ``from notebook_exp import runs`` imports no pandas until called.
+``_inline`` so that ``from notebook_exp import runs`` imports no pandas until called.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def runs(experiment: str | None = None, status: str | list[str] | None = None, *
     ``params.<name>`` for every param and ``metrics.<key>`` for the last value of
     every metric the run logged (telemetry is left out; ``nx.metrics`` has it).
     See ``notebook_exp.store.queries.runs`` for the query."""
-    from .inline import runs_table
+    from ._inline import runs_table
     from .store import queries
 
     frame = queries.runs(experiment, status, store=store)

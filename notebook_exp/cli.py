@@ -20,7 +20,7 @@ import signal
 import sys
 
 from . import __version__
-from .demo import DEFAULT_STEPS
+from ._demo import DEFAULT_STEPS
 
 STORE_HELP = "store file (default: $NOTEBOOK_EXP_STORE or ./.notebook_exp/store.duckdb)"
 EXIT_HELP = ("Exit status: 0 when done, also when Ctrl-C (SIGINT) or SIGTERM stops a server (view, demo); "
@@ -56,8 +56,8 @@ def _print_frame(frame, columns=None) -> None:
 
 
 def cmd_demo(args) -> int:
+    from ._demo import run_sweep
     from .config import get_settings
-    from .demo import run_sweep
     from .store import sql
 
     print(f"Sweeping 6 runs (4 x {args.steps:,} steps, one that diverges, one cancelled) into "

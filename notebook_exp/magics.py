@@ -117,7 +117,7 @@ class ExperimentMagics(Magics):
             _wait_or_cancel(jobs)
 
     def _submit(self, args, cell: str, params: dict, combos: list[dict]) -> list:
-        from .cell import CellFunction, referenced_names
+        from ._cell import CellFunction, referenced_names
         from .scheduler.core import get_scheduler
         from .scheduler.spec import validate
 
@@ -209,7 +209,7 @@ class ExperimentMagics(Magics):
     def experiment_view(self, line: str = ""):
         """Serve the viewer from this kernel on a free loopback port and show its link."""
         args = parse_argstring(self.experiment_view, line)
-        from .viewing import view
+        from ._viewing import view
 
         return view(port=args.port)
 

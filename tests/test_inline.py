@@ -9,8 +9,9 @@ import pytest
 from bokeh.models import DatetimeAxis, GlyphRenderer, HoverTool, Legend, Line, LinearAxis, LogAxis
 
 import notebook_exp as nx
+from notebook_exp._inline import MetricPlot, RunsTable, runs_table
 from notebook_exp.exceptions import ConfigError
-from notebook_exp.inline import MetricPlot, RunsTable, ema, runs_table
+from notebook_exp.store.queries import ema
 
 STEPS = {"a": 10, "b": 5, "<b>x</b>": 3}
 CHROMIUM = "/usr/bin/chromium"

@@ -236,7 +236,7 @@ def test_sanitizers_are_few_and_ignored_cells_rare():
 # -- the demo ------------------------------------------------------------------------
 @pytest.fixture
 def demo(tmp_path, read_only):
-    from notebook_exp.demo import run_sweep
+    from notebook_exp._demo import run_sweep
 
     store = tmp_path / "demo.duckdb"
     started = time.perf_counter()

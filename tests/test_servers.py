@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import notebook_exp as nx
-from notebook_exp import _exit, viewing
+from notebook_exp import _exit, _viewing
 from notebook_exp.store import close_all
 
 CLI = [sys.executable, "-m", "notebook_exp.cli"]
@@ -187,12 +187,12 @@ def test_a_kernel_viewer_stops_with_the_kernel(one_run_store):
     port = int(link.url.rstrip("/").rsplit(":", 1)[1])
     assert wait_up(link.url)["runs"] == 1
     assert get(link.url)[0] == 200  # a session
-    server = viewing._server
+    server = _viewing._server
     started = time.monotonic()
     _exit.shutdown()  # what the kernel's exit runs
     took = time.monotonic() - started
     print(f"kernel viewer: stopped by the shutdown steps in {took:.3f} s")
-    assert viewing._server is None and server.sessions_closed == 1
+    assert _viewing._server is None and server.sessions_closed == 1
     assert took < STOP_BUDGET and refused(port)
     again = nx.view(store=one_run_store)  # a later call serves again (the fixture's shutdown stops it)
     assert wait_up(again.url)["runs"] == 1
@@ -201,7 +201,7 @@ def test_a_kernel_viewer_stops_with_the_kernel(one_run_store):
 CHILD = """
 import sys, urllib.request
 import notebook_exp as nx
-from notebook_exp import _exit, viewing
+from notebook_exp import _exit, _viewing
 link = nx.view(store=sys.argv[1])
 for _ in range(600):
     try:
@@ -210,10 +210,10 @@ for _ in range(600):
     except OSError:
         import time; time.sleep(0.1)
 urllib.request.urlopen(link.url, timeout=20).read()
-server = viewing._server
+server = _viewing._server
 
 def report():  # runs after the viewer's own step (order 30), before the stores close (90)
-    print("after-viewer-step", viewing._server is None, server.sessions_closed, flush=True)
+    print("after-viewer-step", _viewing._server is None, server.sessions_closed, flush=True)
 
 _exit.on_shutdown(report, order=31)
 print("serving", link.url, flush=True)

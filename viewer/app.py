@@ -27,7 +27,7 @@ from .components.metric_chart import MetricChart
 from .components.parallel_coords import ParallelCoords
 from .components.params_diff import ParamsDiff
 from .components.run_detail import RunDetail
-from .components.runs_table import RunsTable
+from .components.runs_table import RunsList
 from .components.scatter import ParamScatter
 from .state import ViewerState
 
@@ -102,7 +102,7 @@ class ViewerApp:
 
     def __init__(self, state: ViewerState) -> None:
         self.state = state
-        self.runs = RunsTable(state, on_open_run=self.open_run, on_compare=self.open_compare)
+        self.runs = RunsList(state, on_open_run=self.open_run, on_compare=self.open_compare)
         self.compare = ComparePage(state)
         self.run = RunDetail(state)
         self.status = pn.pane.HTML("", css_classes=["nx-status"])

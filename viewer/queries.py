@@ -261,20 +261,3 @@ def _bucket_points(columns) -> pd.DataFrame:
         "run_id": pd.Series(run_ids, dtype=object), "key": pd.Series(keys, dtype=object),
         "x": xs.ravel()[keep], "value": values.ravel()[keep],
     })
-
-
-def ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """Debiased exponential moving average (TensorBoard's smoothing); ``weight`` in [0, 1)."""
-    if weight <= 0 or len(values) == 0:
-        return values
-    weight = min(weight, 0.999)
-    out = np.empty(len(values), dtype="float64")
-    acc, norm = 0.0, 0.0
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            out[i] = np.nan
-            continue
-        acc = acc * weight + (1 - weight) * v
-        norm = norm * weight + (1 - weight)
-        out[i] = acc / norm
-    return out

@@ -34,10 +34,10 @@ from ..config import Settings, get_settings
 from ..exceptions import ConfigError, MissingDependency
 from ..models import RunStatus
 from ..tracking.run import new_run_id
+from ._records import JobRecords
 from .deps import LOOKUP_TIMEOUT, DependencyStatuses
 from .dispatcher import DispatchLoop
 from .job import Job
-from .records import JobRecords
 from .spec import ExperimentSpec, check_sinks
 
 __all__ = ["Scheduler", "get_scheduler", "stop_scheduler"]

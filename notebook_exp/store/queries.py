@@ -16,7 +16,7 @@ from ..exceptions import StoreError
 from ..models import telemetry_sql
 from .core import get_store
 
-__all__ = ["metrics", "runs", "sql"]
+__all__ = ["ema", "metrics", "runs", "sql"]
 
 RUN_COLUMNS = [
     "run_id", "experiment", "name", "status", "created_at", "started_at", "ended_at",
@@ -136,3 +136,18 @@ def metrics(run_ids: Any, keys: str | list[str] | None = None, *, store: str | o
         query += " AND key IN (SELECT unnest(?))"
         args.append([keys] if isinstance(keys, str) else list(keys))
     return target.query(query + " ORDER BY run_id, key, step", args)
+
+
+def ema(values, weight: float):
+    """Debiased exponential moving average (TensorBoard's smoothing) of a numpy array,
+    for every chart that smooths (``RunsTable.plot``, the viewer); non-finite points
+    are skipped and stay NaN. ``weight`` 0 returns the values unchanged."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(values, dtype="float64")
+    if weight <= 0 or len(values) == 0:
+        return values
+    finite = np.isfinite(values)
+    smooth = pd.Series(np.where(finite, values, np.nan)).ewm(alpha=1 - weight, adjust=True, ignore_na=True).mean()
+    return np.where(finite, smooth.to_numpy(), np.nan)

@@ -4,7 +4,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import notebook_exp as nx
-from notebook_exp.cell import CellFunction, referenced_names
+from notebook_exp._cell import CellFunction, referenced_names
 from notebook_exp.exceptions import ConfigError
 from notebook_exp.magics import parse_assignment, parse_grid
 

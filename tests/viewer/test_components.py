@@ -13,7 +13,7 @@ from notebook_exp_viewer.components.metric_chart import MetricChart
 from notebook_exp_viewer.components.parallel_coords import ParallelCoords, scale_axis
 from notebook_exp_viewer.components.params_diff import params_frame
 from notebook_exp_viewer.components.run_detail import RunDetail, git_rows
-from notebook_exp_viewer.components.runs_table import RunsTable
+from notebook_exp_viewer.components.runs_table import RunsList
 from notebook_exp_viewer.components.scatter import ParamScatter
 from notebook_exp_viewer.components.telemetry import TelemetryCharts, group_keys
 from notebook_exp_viewer.state import ViewerState
@@ -28,7 +28,7 @@ def curves(chart: MetricChart) -> dict[tuple, int]:
 
 
 def test_runs_table_columns_titles_and_formatters(state, sample):
-    table = RunsTable(state)
+    table = RunsList(state)
     value = table.table.value
     assert len(value) == len(sample[1])
     titles = table.table.titles
@@ -44,7 +44,7 @@ def test_runs_table_columns_titles_and_formatters(state, sample):
 def test_runs_table_selection_and_filter_keep_selection(state, sample):
     ids = sample[1]
     opened = []
-    table = RunsTable(state, on_open_run=opened.append)
+    table = RunsList(state, on_open_run=opened.append)
     table.select([ids["lr-0.1"], ids["lr-0.01"]])
     assert sorted(state.selected) == sorted([ids["lr-0.1"], ids["lr-0.01"]])
     assert table.compare_button.label == "Compare selected (2)"
@@ -57,7 +57,7 @@ def test_runs_table_selection_and_filter_keep_selection(state, sample):
 
 
 def test_runs_table_bad_filter_shows_error_and_keeps_rows(state, sample):
-    table = RunsTable(state)
+    table = RunsList(state)
     before = table.table.value
     table.expression.value = "name = ''; DROP TABLE runs; --"
     assert "Filter not applied" in table.error.object and "unexpected" in table.error.object
@@ -78,7 +78,7 @@ def test_runs_table_refresh_patches_live_rows_and_keeps_selection(tmp_path):
         live.log(loss=0.9, step=0)
         live.flush()
         state = ViewerState(path, metric_columns=["loss"])
-        table = RunsTable(state)
+        table = RunsList(state)
         table.select([done.run_id, live.run_id])
         frame = table.table.value
         for step in range(1, 5):

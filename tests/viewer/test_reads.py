@@ -10,7 +10,7 @@ import time
 import pytest
 from bokeh.document import Document
 from notebook_exp_viewer.background import BUSY, Reads
-from notebook_exp_viewer.components.runs_table import RunsTable
+from notebook_exp_viewer.components.runs_table import RunsList
 from notebook_exp_viewer.state import ViewerState
 from store_holder import StoreHolder
 
@@ -117,7 +117,7 @@ def test_quick_filter_changes_in_a_session_all_apply(tmp_path, loop):
     close_all()
     doc = Document()
     state = ViewerState(path, doc=doc, loop=loop)
-    table = RunsTable(state)
+    table = RunsList(state)
     assert len(table.table.value) == 0  # the first read is still on its way
     drain(doc, state.reads)
     assert len(table.table.value) == 3

@@ -20,7 +20,8 @@ from bokeh.events import RangesUpdate, Reset
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure
 
-from ..queries import ema
+from notebook_exp.store.queries import ema
+
 from ..state import DEFAULT_WIDTH
 from .common import color_for, message
 

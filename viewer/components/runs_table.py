@@ -28,7 +28,7 @@ from ..filters import FilterError
 from ..queries import BASE_COLUMNS, best_goal
 from .common import STATUS_COLORS, choice_options, message, title
 
-__all__ = ["RunsTable"]
+__all__ = ["RunsList"]
 
 LIVE_STATUSES = ("queued", "running")
 PAGE_SIZE = 50
@@ -78,7 +78,7 @@ def column_formatter(column: str, dtype) -> object:
     return dict(PLAIN)
 
 
-class RunsTable:
+class RunsList:
     """Filters, the runs Tabulator, selection for Compare and clicks to open a run."""
 
     def __init__(self, state, on_open_run: Callable[[str], None] | None = None,

@@ -20,7 +20,7 @@ import threading
 import time
 
 from ...models import RunStatus
-from ..output import route, unroute
+from .._output import route, unroute
 from .base import CLOSE_TIMEOUT, Executor, stop_exception, stopped_outcome
 
 log = logging.getLogger("notebook_exp.scheduler")

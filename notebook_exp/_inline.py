@@ -28,6 +28,7 @@ import pandas as pd
 
 from ._style import PALETTE, STATUS_COLORS
 from .exceptions import ConfigError
+from .store.queries import ema
 
 __all__ = ["MetricPlot", "RunsTable", "runs_table"]
 
@@ -208,17 +209,6 @@ def table_html(frame: pd.DataFrame) -> str:
 
 
 # -- the plot --------------------------------------------------------------------
-def ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """Debiased exponential moving average (TensorBoard's smoothing); non-finite points
-    are skipped and stay NaN. ``weight`` 0 returns the values unchanged."""
-    values = np.asarray(values, dtype="float64")
-    if weight <= 0 or len(values) == 0:
-        return values
-    finite = np.isfinite(values)
-    smooth = pd.Series(np.where(finite, values, np.nan)).ewm(alpha=1 - weight, adjust=True, ignore_na=True).mean()
-    return np.where(finite, smooth.to_numpy(), np.nan)
-
-
 def _figure(points: pd.DataFrame, labels: dict[str, str], key: str, *, x: str, logy: bool, smooth: float):
     """A bokeh figure with one line per run of ``points`` (run_id, step, ts, value)."""
     from bokeh.models import ColumnDataSource, Legend, LegendItem
