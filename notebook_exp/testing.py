@@ -7,6 +7,8 @@
 * :func:`inline_scheduler` runs submitted runs one at a time, each to its end
   before ``submit`` returns (:class:`InlineScheduler`, :class:`InlineExecutor`);
   :func:`use_scheduler` makes any ``Scheduler`` the one ``nx.submit`` uses.
+* :class:`StoreHolder` is another process holding the store file open with plain
+  duckdb, as a user's open connection would (a real lock, not a fake).
 * :func:`shutdown` ends live runs and stops every background thread (test fixtures);
   :func:`leaked_threads` then names the package's threads still alive.
 
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +54,7 @@ __all__ = [
     "InlineExecutor",
     "InlineScheduler",
     "MemorySink",
+    "StoreHolder",
     "THREAD_PREFIX",
     "inline_scheduler",
     "leaked_threads",
@@ -370,3 +375,64 @@ def __getattr__(name: str):
 
         return getattr(inline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+HOLD = (
+    "import duckdb, sys, time\n"
+    "deadline = time.monotonic() + 30\n"
+    "while True:\n"  # the viewer may be between two reads of its own: take the file when it lets go
+    "    try:\n"
+    "        con = duckdb.connect(sys.argv[1])\n"
+    "        break\n"
+    "    except duckdb.IOException:\n"
+    "        if time.monotonic() > deadline:\n"
+    "            raise\n"
+    "        time.sleep(0.005)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "con.close()\n"
+    "print('released', flush=True)\n"
+)
+
+
+class StoreHolder:
+    """Another process holding a store file with a plain ``duckdb.connect``, as a user's
+    notebook or script can: while it holds it, no other process can open the file.
+
+    ``with StoreHolder(path) as holder:`` returns once the process holds the file
+    (it waits, up to 30 s, for a moment when nobody else has it) and holds it until
+    ``holder.release()`` or the block ends; ``holder.pid`` is its process id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def __enter__(self) -> StoreHolder:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(self.path)], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.proc.stdout.readline()
+        if line.strip() != "held":
+            self.proc.kill()
+            raise RuntimeError(f"the holder could not open {self.path}: {line!r}")
+        return self
+
+    def release(self) -> None:
+        """Close the holder's connection and wait for its process to end."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "released"
+        self.proc.wait(30)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.release()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()

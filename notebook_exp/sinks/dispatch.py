@@ -173,7 +173,7 @@ class SinkWorker:
         )
 
 
-class InlineSink(SinkWorker):
+class InlineWorker(SinkWorker):
     """A non-blocking sink (``threaded = False``), called in the caller's thread.
 
     Same failure policy as a threaded worker; calls are serialised by a lock."""
@@ -267,7 +267,7 @@ class Dispatcher:
         with _live_lock:
             _live.add(self)
         self.workers = [
-            (SinkWorker if sink.threaded else InlineSink)(sink, self.run.run_id, self.retries, self.queue_rows)
+            (SinkWorker if sink.threaded else InlineWorker)(sink, self.run.run_id, self.retries, self.queue_rows)
             for sink in self.sinks
         ]
 
@@ -289,19 +289,21 @@ class Dispatcher:
         """End every sink and wait for them; returns points dropped per sink."""
         for worker in self.workers:
             worker.finish(status, error)
+        if self._join_all(timeout, f"did not finish within {timeout} s; it is stopped at shutdown"):
+            self._forget()
+        return {_label(w.sink): w.dropped for w in self.workers if w.dropped}
+
+    def _join_all(self, timeout: float | None, why: str) -> bool:
+        """Wait, ``timeout`` seconds in all, for every worker; warn ``why`` for each that
+        did not end; returns whether all ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = True
         for worker in self.workers:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not worker.join(left):
                 ended = False
-                log.warning(
-                    "sink %s of run %s did not finish within %.0f s; it is stopped at shutdown",
-                    _label(worker.sink), self.run.run_id, timeout,
-                )
-        if ended:
-            self._forget()
-        return {_label(w.sink): w.dropped for w in self.workers if w.dropped}
+                log.warning("sink %s of run %s %s", _label(worker.sink), self.run.run_id, why)
+        return ended
 
     def stop(self, timeout: float | None = STOP_TIMEOUT) -> bool:
         """End every worker now (idempotent; see ``SinkWorker.stop``), waiting at most
@@ -309,14 +311,7 @@ class Dispatcher:
         stuck in a sink call is left behind with a warning."""
         for worker in self.workers:
             worker.stop(0)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ended = True
-        for worker in self.workers:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not worker.join(left):
-                ended = False
-                log.warning("sink %s of run %s is stuck in a call; leaving it behind",
-                            _label(worker.sink), self.run.run_id)
+        ended = self._join_all(timeout, "is stuck in a call; leaving it behind")
         self._forget()
         return ended
 

@@ -2,9 +2,7 @@
 inside its dispatcher, a store another process holds, children that die."""
 
 import logging
-import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -17,6 +15,7 @@ from notebook_exp.models import RunStatus
 from notebook_exp.scheduler.core import Scheduler, get_scheduler
 from notebook_exp.scheduler.spec import validate
 from notebook_exp.store import get_store
+from notebook_exp.testing import StoreHolder
 
 
 class FlakyInventory(GpuInventory):
@@ -72,16 +71,6 @@ def test_an_error_inside_the_dispatcher_fails_only_that_job(scheduler, store_pat
     assert third.result(timeout=30) == 3
 
 
-HOLDER = """
-    import sys, duckdb
-    con = duckdb.connect(sys.argv[1])  # a plain read-write connection locks the file
-    print("held", flush=True)
-    sys.stdin.readline()
-    con.close()
-    print("released", flush=True)
-"""
-
-
 def finished_elsewhere(run_python, fail: bool = False) -> str:
     """The id of a run another process started and ended (failed if ``fail``)."""
     body = "raise ValueError('bad data')" if fail else "run.log(x=1.0)"
@@ -93,19 +82,15 @@ def finished_elsewhere(run_python, fail: bool = False) -> str:
 def test_a_dependency_is_waited_for_while_another_process_holds_the_store(store_path, run_python, read_only, request):
     dep = finished_elsewhere(run_python)
     get_scheduler().store.ensure()  # this process knows the store before it is held
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), str(store_path)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    request.addfinalizer(lambda: (holder.kill(), holder.communicate()))
-    assert holder.stdout.readline() == "held\n"
+    holder = StoreHolder(store_path).__enter__()
+    request.addfinalizer(lambda: holder.__exit__(None, None, None))
     seen = []
     job = nx.submit(lambda run: "after", after=[dep])  # the store can't be read: accepted
     job.subscribe(lambda _job, event, data: seen.append(data) if event == "status" else None)
     ghost = nx.submit(lambda run: None, after=["not-a-run-yet"])
     time.sleep(1.5)  # the dispatcher tries to read the dependency's status a few times
     assert job.status == RunStatus.QUEUED and ghost.status == RunStatus.QUEUED
-    holder.stdin.write("\n")
-    holder.stdin.flush()
-    assert holder.stdout.readline() == "released\n"
+    holder.release()
     assert job.result(timeout=60) == "after"
     assert RunStatus.CANCELLED not in seen and seen[-1] == RunStatus.COMPLETED
     assert ghost.status == RunStatus.QUEUED  # no row for it (yet): still waited for
@@ -154,7 +139,6 @@ def test_children_that_die_are_failed_as_lost_with_their_stderr(store_path, read
     def kill_itself(run):  # defined here: shipped by value, not by this module's name
         import os
         import signal
-        import sys
 
         run.log(x=1.0)
         print("about to be killed", file=sys.stderr, flush=True)
@@ -162,7 +146,6 @@ def test_children_that_die_are_failed_as_lost_with_their_stderr(store_path, read
 
     def exit_hard(run):
         import os
-        import sys
 
         print("disk on fire", file=sys.stderr, flush=True)
         os._exit(3)

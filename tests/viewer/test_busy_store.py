@@ -13,12 +13,12 @@ from notebook_exp_viewer import serve
 from notebook_exp_viewer.app import ViewerApp
 from notebook_exp_viewer.state import DEFAULT_READ_TIMEOUT, ViewerState
 from playwright.sync_api import expect
-from store_holder import StoreHolder
 from viewer_support import start_viewer, stop_process
 
 import notebook_exp as nx
 from notebook_exp.exceptions import StoreLocked
 from notebook_exp.store import close_all
+from notebook_exp.testing import StoreHolder
 
 OLD_LOCK_WAIT = 10.0  # what a read waited for the file before (ViewerState's lock_timeout)
 SWEEP = {"lr-0.1": 0.1, "lr-0.01": 0.01, "lr-0.001": 0.001}

@@ -12,9 +12,9 @@ from bokeh.document import Document
 from notebook_exp_viewer.background import BUSY, Reads
 from notebook_exp_viewer.components.runs_table import RunsList
 from notebook_exp_viewer.state import ViewerState
-from store_holder import StoreHolder
 
 from notebook_exp.exceptions import StoreLocked
+from notebook_exp.testing import StoreHolder
 
 
 def drain(doc: Document, reads: Reads, timeout: float = 20.0) -> None:

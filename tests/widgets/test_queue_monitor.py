@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
 import notebook_exp as nx
 from notebook_exp.models import RunStatus
 from notebook_exp.scheduler.core import get_scheduler
+from notebook_exp.testing import StoreHolder
 from notebook_exp.widgets._ticker import ticker
 from notebook_exp.widgets.queue_monitor import RECENT_TIMEOUT, QueueMonitor
-
-HOLD = ("import duckdb, sys\ncon = duckdb.connect(sys.argv[1])\nprint('held', flush=True)\n"
-        "sys.stdin.readline()\ncon.close()\n")
-
-
-class Held:
-    """Another process holding the store file (plain duckdb): no other process can open it."""
-
-    def __init__(self, path) -> None:
-        self.path = path
-
-    def __enter__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(self.path)], text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert self.proc.stdout.readline().strip() == "held"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        self.proc.wait(30)
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -89,7 +67,7 @@ def test_a_tick_skips_a_held_store_quickly_and_finishes_once_it_is_free(store_pa
     assert "first" in monitor.recent.value
     done = nx.submit(lambda run: None, name="second")
     done.wait(10)
-    with Held(store_path):
+    with StoreHolder(store_path):
         started = time.monotonic()
         monitor.resume()  # one tick, which reads the store for the final state of the idle queue
         took = time.monotonic() - started

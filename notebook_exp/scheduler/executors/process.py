@@ -43,7 +43,6 @@ from .base import CLOSE_TIMEOUT, Executor, stopped_outcome
 
 log = logging.getLogger("notebook_exp.scheduler")
 
-_IMPORTANT = ("fn", "params")
 TAIL_LINES = 20  # lines of a lost child's stderr quoted in the run's reason, at most
 TAIL_CHARS = 2000  # characters of it, at most
 
