@@ -3,7 +3,7 @@
 Views take a state and call its methods; they never touch the store. Every
 method opens one short read-only session (``Store.session``), runs a query or
 a few, and closes it again, so a writer in another process is never kept out
-for longer than one query (DESIGN.md §4). Served from inside a kernel, the
+for longer than one query (docs/architecture.md §3). Served from inside a kernel, the
 same calls go through that kernel's own ``Store`` (``get_store`` is per
 process), so they never fight its writer for the file lock.
 
