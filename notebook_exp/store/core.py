@@ -403,8 +403,8 @@ _stores_lock = threading.Lock()
 
 def get_store(path: str | os.PathLike, lock_timeout: float | None = None, settings=None) -> Store:
     """The process-wide ``Store`` for a path (one connection per file). ``settings``
-    (a ``Settings``) gives its lock timeout, spill folder and outage bound when the
-    store is first opened in this process."""
+    (default: the process's) gives its lock timeout (unless ``lock_timeout``), spill
+    folder and outage bound when the store is first opened in this process."""
     from .. import _exit
 
     _exit.on_shutdown(close_all, order=90)  # last: commits what every other step queued
@@ -412,11 +412,12 @@ def get_store(path: str | os.PathLike, lock_timeout: float | None = None, settin
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            if settings is not None:
-                store = Store(key, settings.lock_timeout, spill_dir=settings.spill_dir,
-                              outage_points=settings.outage_points)
-            else:
-                store = Store(key, lock_timeout if lock_timeout is not None else 120.0)
+            if settings is None:
+                from ..config import get_settings
+
+                settings = get_settings()
+            store = Store(key, lock_timeout if lock_timeout is not None else settings.lock_timeout,
+                          spill_dir=settings.spill_dir, outage_points=settings.outage_points)
             _stores[key] = store
         return store
 

@@ -560,15 +560,21 @@ def _as_json(value: Any) -> str | None:
 _live: dict[str, Run] = {}
 
 
+def _nothing() -> None:
+    """An ``on_recorded`` that asks for nothing (``end`` then returns without waiting)."""
+
+
 def end_live_runs() -> None:
     """End every run of this process that is still live: ``failed`` if an uncaught
     exception is ending the interpreter, else ``completed``. A shutdown step (see
     ``_exit``): runs at interpreter exit, after the scheduler stopped; idempotent."""
     for run in list(_live.values()):
         try:
+            # queue the ends without waiting for the store: closing the stores (the last
+            # shutdown step) commits them, or spills them if the file stays held
             if _exit.uncaught:
-                run.end(*outcome(_exit.uncaught[-1]))
+                run.end(*outcome(_exit.uncaught[-1]), on_recorded=_nothing)
             else:
-                run.end(RunStatus.COMPLETED)
+                run.end(RunStatus.COMPLETED, on_recorded=_nothing)
         except Exception:  # noqa: BLE001 - one run's store error must not keep the others open
             log.exception("ending run %s at shutdown failed", run.run_id)

@@ -301,3 +301,23 @@ def test_artifact_names_may_have_sub_folders(store_path, tmp_path):
         dest = run.log_artifact(source, name="ckpt/./last.txt")
     assert dest == store_path.parent / "artifacts" / run.run_id / "ckpt" / "last.txt"
     assert dest.read_text() == "data"
+
+
+def test_a_script_exiting_while_another_process_holds_the_store_spills_and_exits_promptly(
+        store_path, run_python, read_only, monkeypatch, tmp_path):
+    from notebook_exp.testing import StoreHolder
+
+    get_store(store_path).ensure()
+    nx.testing.shutdown()
+    monkeypatch.setenv("NOTEBOOK_EXP_SPILL_DIR", str(tmp_path / "spill"))
+    reset_settings()
+    code = "import notebook_exp as nx\nrun = nx.start_run('left-open')\nfor i in range(5000):\n    run.log(x=float(i))\n"
+    with StoreHolder(store_path):
+        started = time.monotonic()
+        run_python(code)  # never ends its run; exits while the file is held
+        took = time.monotonic() - started
+        assert len(list((tmp_path / "spill").iterdir())) == 1
+    assert took < 15, f"the script took {took:.1f} s to exit"
+    get_store(store_path).ensure()  # the next writer
+    assert read_only(store_path, "SELECT count(*), count(DISTINCT step) FROM metrics WHERE key = 'x'") == [(5000, 5000)]
+    assert read_only(store_path, "SELECT status, spilled FROM runs") == [("completed", 5000)]
