@@ -51,6 +51,7 @@ class SpillInfo:
     def __init__(self, path: Path, header: dict) -> None:
         self.path = path
         self.name = path.name
+        self.header = header
         self.written_at = header.get("written_at")
         self.reason = header.get("reason")
         self.pid = header.get("pid")
@@ -215,7 +216,7 @@ def _decode(info: SpillInfo) -> list:
 
     from ..models import MetricBatch
 
-    header = json.loads((info.path / "ops.json").read_text(encoding="utf-8"))
+    header = info.header  # read once, by pending()
     tables = _read_batches(info.path / "metrics.arrow")
     ops = []
     for seq, entry in enumerate(header["ops"]):

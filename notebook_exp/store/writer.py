@@ -234,13 +234,14 @@ class StoreWriter:
                     return False
                 self._cond.wait(min(left, 1.0) if left is not None else 1.0)
             if self.outage is not None or self._spilled:
-                raise self._unavailable(run_id)
+                raise self.unavailable(run_id)
             errors = [self._failed.pop(s) for s in sorted(self._failed) if s <= seq]
         if errors:
             raise StoreError(f"{len(errors)} write(s) to {self.store.path} failed: {errors[0]}") from errors[0]
         return True
 
-    def _unavailable(self, run_id: str | None) -> StoreUnavailable:
+    def unavailable(self, run_id: str | None) -> StoreUnavailable:
+        """The ``StoreUnavailable`` that says what is pending (of ``run_id``, or all)."""
         pending = self._pending[run_id] if run_id is not None else self._pending_total
         spilled = [info for _f, _l, info in self._spilled]
         in_spills = sum(info.runs.get(run_id, 0) if run_id else info.points for info in spilled)

@@ -393,7 +393,6 @@ class Run:
                 _current.set(None)
 
     def _record_end(self, status: RunStatus, error: str | None, requeue: bool = False, on_recorded=None) -> None:
-
         dropped = sum(self.dropped.values())
         if dropped:
             warnings.warn(
@@ -414,7 +413,7 @@ class Run:
             holder = self._store.waiting_for
             if holder is not None:
                 raise StoreLocked(str(self._store.path), holder or None, timeout)
-            raise writer._unavailable(self.run_id)
+            raise writer.unavailable(self.run_id)
         info = writer.spill_of(seq)
         if info is not None:
             warnings.warn(
