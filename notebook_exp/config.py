@@ -56,6 +56,21 @@ class Settings(BaseSettings):
         default_factory=lambda: ["duckdb"],
         description="Names (entry points of group notebook_exp.sinks) of the sinks every run uses.",
     )
+    processors: list[Any] = Field(
+        default_factory=list,
+        description=(
+            "Processors (entry points of group notebook_exp.processors) applied, in order, to the "
+            "metrics every sink except duckdb receives, before each sink's own (its processors setting). "
+            "Names, or in notebook_exp.toml tables: processors = [{name = \"every\", steps = 10}]."
+        ),
+    )
+    collectors: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description=(
+            "Names (entry points of group notebook_exp.collectors) of the collectors every run uses; "
+            "None: every installed one."
+        ),
+    )
     sink_queue_rows: int = Field(
         1_000_000,
         ge=1,
@@ -114,6 +129,11 @@ class Settings(BaseSettings):
         True, description="Record the git commit, branch and dirty state of the working directory with each run."
     )
 
+    @field_validator("processors", mode="before")
+    @classmethod
+    def _parse_processors(cls, value: Any) -> Any:
+        return _split_names(value)
+
     @field_validator("telemetry_interval")
     @classmethod
     def _check_interval(cls, value: float) -> float:
@@ -121,7 +141,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 (off) or at least 0.1 seconds")
         return value
 
-    @field_validator("sinks", "reserved_gpus", mode="before")
+    @field_validator("sinks", "reserved_gpus", "collectors", mode="before")
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
         return _split_names(value)

@@ -35,20 +35,92 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from ..models import MetricBatch, RunInfo, RunStatus
+from ..plugins import Plugin, PluginSettings
 
-__all__ = ["Sink"]
+__all__ = ["Sink", "SinkSettings"]
 
 
-class Sink:
+class SinkSettings(PluginSettings):
+    """What every sink's settings hold: routing, processors and flow control.
+
+    A sink's own ``Settings`` model derives from this one. Set per sink with
+    ``NOTEBOOK_EXP_<SINK>_<FIELD>`` (``NOTEBOOK_EXP_TENSORBOARD_INCLUDE="train/*,val/*"``),
+    in ``[plugins.<sink>]`` of ``notebook_exp.toml``, or per run:
+    ``sinks=[("tensorboard", {"include": ["train/*"]})]``.
+    """
+
+    include: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns (fnmatch) of the keys this sink receives; empty: every key.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of keys this sink never receives (wins over include)."
+    )
+    telemetry: bool | None = Field(
+        None,
+        description=(
+            "Whether the telemetry keys (sys/*, gpu/<id>/*) reach this sink; "
+            "None: the sink's own default (``Sink.wants_telemetry``)."
+        ),
+    )
+    processors: list[Any] = Field(
+        default_factory=list,
+        description=(
+            "Processors applied, in order, to the metrics this sink receives, after the ones "
+            "every sink gets: names, (name, options) pairs or Processor instances."
+        ),
+    )
+    rate: float | None = Field(
+        None, gt=0, description="Most calls per second made to this sink (GCRA); None: no limit."
+    )
+    burst: int = Field(1, ge=1, description="Calls the rate limit lets through at once after a pause.")
+    breaker_failures: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Consecutive failed calls that open this sink's circuit breaker; 0: no breaker (a sink "
+            "still failing after sink_retries is disabled for the run); None: the sink's default."
+        ),
+    )
+    breaker_cooldown: float = Field(
+        10.0, gt=0, description="Seconds an open breaker waits before it probes the sink with one call."
+    )
+
+
+class Sink(Plugin):
     """Base class of metric sinks; see the module docstring for the contract."""
 
     #: Entry-point name, filled in by the registry for registered sinks.
     name: ClassVar[str] = ""
+    #: Its settings model (a sink with settings of its own derives from ``SinkSettings``).
+    Settings: ClassVar[type[SinkSettings]] = SinkSettings
+    #: Whether telemetry (``sys/*``, ``gpu/*``) reaches it unless its settings say otherwise.
+    wants_telemetry: ClassVar[bool] = False
+    #: Consecutive failures that open its breaker unless its settings say otherwise (0: none).
+    breaker_failures: ClassVar[int] = 0
     #: Points this sink may have queued before batches are dropped (None: never drop).
     max_pending_rows: ClassVar[int | None] = 1_000_000
     #: False: called inline (the sink's methods must never block); True: its own worker thread.
     threaded: ClassVar[bool] = True
+
+    #: Its settings: set by the registry before ``start_run`` (from the run's options, the
+    #: environment and notebook_exp.toml); a sink made by hand gets them on first use.
+    _settings: SinkSettings | None = None
+
+    @property
+    def settings(self) -> SinkSettings:
+        if self._settings is None:
+            from ..plugins import settings_for
+
+            self._settings = settings_for(self.name or type(self).__name__.lower(), self.Settings)
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: SinkSettings) -> None:
+        self._settings = value
 
     def start_run(self, run: RunInfo) -> None:
         """The run starts; raise to refuse it (the run then fails to start)."""

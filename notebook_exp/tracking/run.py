@@ -124,7 +124,9 @@ class Run:
         self._last_flush = _monotonic()
         self._flush_rows = settings.flush_rows
         self._flush_interval = settings.flush_interval
-        self._dispatcher = Dispatcher(info, sinks, settings.sink_retries, settings.sink_queue_rows)
+        self._dispatcher = Dispatcher(
+            info, sinks, settings.sink_retries, settings.sink_queue_rows, processors=settings.processors
+        )
         #: Last ``(step, value)`` of each key as of the latest flush (see :meth:`last_values`).
         self.latest: dict[str, tuple[int, float]] = {}
         #: Progress declared with :meth:`progress` / :meth:`track`.
