@@ -51,6 +51,7 @@ _EXPORTS = {
     "view": "notebook_exp._viewing",
     "wait": "notebook_exp.scheduler.api",
     "metrics": "notebook_exp.store.queries",
+    "plugins": "notebook_exp._plugins",
     "runs": "notebook_exp._reading",
     "sql": "notebook_exp.store.queries",
     "start_run": "notebook_exp.tracking.run",
@@ -81,6 +82,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from ._inline import RunsTable
+    from ._plugins import plugins
     from ._reading import runs
     from ._viewing import view
     from .config import Settings, get_settings

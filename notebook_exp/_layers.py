@@ -24,9 +24,11 @@ __all__ = ["LAYERS", "check", "cycles", "imports", "layer_of", "main", "module_g
 #: (the longest matching prefix wins).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("notebook_exp._exit", "notebook_exp._threads", "notebook_exp._arrow", "notebook_exp._style",
-              "notebook_exp.exceptions", "notebook_exp.config", "notebook_exp.models", "notebook_exp._layers")),
+              "notebook_exp.exceptions", "notebook_exp.config", "notebook_exp.models", "notebook_exp._layers",
+              "notebook_exp._plugins")),
     ("inventory", ("notebook_exp.inventory",)),
     ("store", ("notebook_exp.store",)),
+    ("processors", ("notebook_exp.processors",)),
     ("sinks", ("notebook_exp.sinks",)),
     ("collectors", ("notebook_exp.collectors",)),
     ("tracking", ("notebook_exp.tracking",)),

@@ -4,6 +4,8 @@
     notebook-exp runs [-e EXP]       print the runs table
     notebook-exp sql "SELECT ..."    run a read-only query on the store
     notebook-exp view                serve the viewer (Panel) for the store
+    notebook-exp plugins [--kind K]  list installed plugins (sinks, collectors, processors,
+                                     frameworks), their versions and whether they load
     notebook-exp recover [--list]    list spills (writes kept while the store could not be written)
                                      and ingest them into the store
 
@@ -58,24 +60,14 @@ def _print_frame(frame, columns=None) -> None:
 def cmd_demo(args) -> int:
     from ._demo import run_sweep
     from .config import get_settings
-    from .store import sql
+    from .store import queries
 
     print(f"Sweeping 6 runs (4 x {args.steps:,} steps, one that diverges, one cancelled) into "
           f"{get_settings().store_path}", flush=True)
     ids = run_sweep(steps=args.steps)
-    summary = sql(
-        """SELECT r.name, r.status, json_extract(r.params, '$.lr')::DOUBLE AS lr,
-                  json_extract(r.params, '$.batch_size')::INT AS batch_size,
-                  count(m.value) AS points,
-                  round(arg_max(m.value, m.step) FILTER (WHERE m.key = 'loss'), 4) AS final_loss,
-                  round(arg_max(m.value, m.step) FILTER (WHERE m.key = 'acc'), 4) AS final_acc
-           FROM runs r JOIN metrics m USING (run_id)
-           WHERE r.run_id IN (SELECT unnest(?))
-           GROUP BY ALL ORDER BY final_loss""",
-        [ids],
-    )
+    summary = queries.read(lambda conn: queries.demo_summary(conn, ids))
     print("\nRead back from DuckDB:")
-    _print_frame(summary)
+    _print_frame(summary.to_pandas())
     sys.stdout.flush()
     if args.view:
         return cmd_view(args)
@@ -140,6 +132,24 @@ def cmd_view(args) -> int:
     return 0
 
 
+def cmd_plugins(args) -> int:
+    """Every installed plugin: kind, name, version, and whether it loads (if not: why,
+    and the install line that fixes it)."""
+    from . import _plugins
+
+    found = _plugins.installed([args.kind] if args.kind else _plugins.KINDS)
+    rows = [("KIND", "NAME", "VERSION", "FROM", "STATUS")]
+    for plugin in found:
+        status = "ok" if plugin.loads else f"{plugin.problem}" + (f": {plugin.install}" if plugin.install else "")
+        rows.append((plugin.kind, plugin.name, plugin.version or "-", plugin.distribution or "-", status))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    if not found:
+        print("(none installed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notebook-exp",
@@ -168,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("query", help="e.g. \"SELECT name, status FROM runs\"")
     query.add_argument("--store", help=STORE_HELP)
     query.set_defaults(func=cmd_sql)
+
+    listing = sub.add_parser("plugins", help="list installed plugins, their versions and whether they load")
+    listing.add_argument("--kind", choices=["sink", "collector", "processor", "framework"], help="only this kind")
+    listing.set_defaults(func=cmd_plugins)
 
     recover = sub.add_parser("recover", help="list spills (writes kept on disk while the store could not be "
                                              "written) and ingest them into the store")

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         default_factory=lambda: ["duckdb"],
         description="Names (entry points of group notebook_exp.sinks) of the sinks every run uses.",
     )
-    processors: list[Any] = Field(
+    processors: Annotated[list[Any], NoDecode] = Field(
         default_factory=list,
         description=(
             "Processors (entry points of group notebook_exp.processors) applied, in order, to the "

@@ -101,6 +101,19 @@ class MetricBatch:
             grouped.setdefault(key, array("d")).fromlist([step, t, value])
         return cls(run_id, list(grouped.items()))
 
+    @classmethod
+    def merged(cls, batches: list[MetricBatch]) -> MetricBatch:
+        """One batch holding the points of ``batches`` (of one run), in order, per key."""
+        grouped: dict[str, array] = {}
+        for batch in batches:
+            for key, points in batch.chunks:
+                found = grouped.get(key)
+                if found is None:
+                    grouped[key] = array("d", points)
+                else:
+                    found.extend(points)
+        return cls(batches[0].run_id, list(grouped.items()))
+
     def __len__(self) -> int:
         return self._len
 

@@ -86,6 +86,7 @@ class MemorySink(Sink):
 
     name = "memory"
     max_pending_rows = None
+    wants_telemetry = True
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple]] = []

@@ -32,19 +32,32 @@ def run(cmd, **kw):
     return proc
 
 
-@pytest.mark.slow
-def test_wheel_in_a_fresh_venv_logs_800k_points_that_plain_duckdb_reads(tmp_path, read_only):
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A wheel built from this checkout, installed with its dependencies (no extras: no
+    mlflow, tensorboard, wandb) into a new venv: ``(venv, python, uv)``."""
     uv = shutil.which("uv")
     assert uv, "uv is missing: .ci/run installs it (python3 -m pip install uv)"
+    tmp_path = tmp_path_factory.mktemp("fresh")
     run([uv, "build", "--wheel", "-q", "-o", str(tmp_path / "dist"), str(ROOT)])
     (wheel,) = (tmp_path / "dist").glob("notebook_exp-*.whl")
     venv = tmp_path / "venv"
     run([uv, "venv", "-q", "-p", sys.executable, str(venv)])
     python = venv / "bin" / "python"
     run([uv, "pip", "install", "-q", "-p", str(python), str(wheel)])
+    return venv, python, uv
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("NOTEBOOK_EXP_", "MLFLOW_", "WANDB_"))}
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_venv_logs_800k_points_that_plain_duckdb_reads(fresh_venv, tmp_path, read_only):
+    venv, python, _uv = fresh_venv
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTEBOOK_EXP_")}
+    env = clean_env()
     run([str(python), "-c", textwrap.dedent(SWEEP)], cwd=work, env=env)  # the default store path
     store = work / ".notebook_exp" / "store.duckdb"
     assert read_only(store, "SELECT count(*) FROM metrics WHERE key IN ('loss', 'acc')") == [(800_000,)]
@@ -54,6 +67,51 @@ def test_wheel_in_a_fresh_venv_logs_800k_points_that_plain_duckdb_reads(tmp_path
     run([str(python), "-c", "import notebook_exp_viewer, notebook_exp.widgets.run_card"], cwd=work, env=env)
     help_text = run([str(venv / "bin" / "notebook-exp"), "view", "--help"], cwd=work, env=env).stdout
     assert "--basic-auth" in help_text
+
+
+@pytest.mark.slow
+def test_plugins_lists_every_builtin_in_a_venv_without_mlflow(fresh_venv, tmp_path):
+    venv, python, _uv = fresh_venv
+    probe = run([str(python), "-c", "import importlib.util as u; print(u.find_spec('mlflow') is None)"]).stdout
+    assert probe.strip() == "True", "the fresh venv must not have mlflow"
+    out = run([str(venv / "bin" / "notebook-exp"), "plugins"], cwd=tmp_path, env=clean_env()).stdout
+    lines = {tuple(line.split()[:2]): line for line in out.splitlines()[1:]}
+    for kind, names in {"sink": ["duckdb", "jsonl", "mlflow", "tensorboard", "wandb"],
+                        "collector": ["environment", "git", "gpu", "source", "system"],
+                        "processor": ["drop_nonfinite", "every", "filter", "rename", "scale"]}.items():
+        for name in names:
+            assert (kind, name) in lines, f"{kind} {name} not listed:\n{out}"
+    assert lines[("sink", "duckdb")].endswith("  ok")
+    for name in ("mlflow", "tensorboard", "wandb"):
+        assert lines[("sink", name)].endswith(f"needs {name}: pip install 'notebook-exp[{name}]'"), out
+    # and using it says the same, before any run starts
+    proc = subprocess.run([str(python), "-c", "import notebook_exp as nx; nx.start_run(sinks=['mlflow'])"],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "pip install 'notebook-exp[mlflow]'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_third_party_plugin_package_is_discovered_and_used(fresh_venv, tmp_path, read_only):
+    """tests/data/nx_thirdparty, a package with its own pyproject, installed like any other:
+    its sink and processor are listed and used by name, its sink after the one it requires."""
+    venv, python, uv = fresh_venv
+    run([uv, "pip", "install", "-q", "-p", str(python), str(ROOT / "tests" / "data" / "nx_thirdparty")])
+    out = run([str(venv / "bin" / "notebook-exp"), "plugins"], cwd=tmp_path, env=clean_env()).stdout
+    (csv_line,) = [line for line in out.splitlines() if line.split()[:2] == ["sink", "csv"]]
+    assert csv_line.split()[2:4] == ["0.3.1", "nx-thirdparty"] and csv_line.endswith("  ok")
+    assert any(line.split()[:2] == ["processor", "clip"] for line in out.splitlines())
+    script = textwrap.dedent("""
+        import notebook_exp as nx
+        with nx.start_run("third", sinks=[("csv", {"processors": [("clip", {"high": 5.0})]}), "duckdb"]) as run:
+            for i in range(10):
+                run.log(x=float(i), step=i)
+        print(run.run_id)
+    """)
+    run_id = run([str(python), "-c", script], cwd=tmp_path, env=clean_env()).stdout.split()[-1]
+    rows = (tmp_path / ".notebook_exp" / "csv" / f"{run_id}.csv").read_text().splitlines()
+    assert rows == [f"x,{i},{min(float(i), 5.0)!r}" for i in range(10)]
+    stored = read_only(tmp_path / ".notebook_exp" / "store.duckdb", "SELECT max(value) FROM metrics")
+    assert stored == [(9.0,)]  # the processor changed what the csv sink got, not the store
 
 
 def canonical(name):

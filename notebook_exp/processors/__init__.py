@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..models import MetricBatch
-from ..plugins import Plugin, PluginSettings
+from .._plugins import Plugin, PluginSettings
 
 __all__ = ["Processor", "ProcessorSettings"]
 

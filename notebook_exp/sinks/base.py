@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ..models import MetricBatch, RunInfo, RunStatus
-from ..plugins import Plugin, PluginSettings
+from .._plugins import Plugin, PluginSettings
 
 __all__ = ["Sink", "SinkSettings"]
 
@@ -113,7 +113,7 @@ class Sink(Plugin):
     @property
     def settings(self) -> SinkSettings:
         if self._settings is None:
-            from ..plugins import settings_for
+            from .._plugins import settings_for
 
             self._settings = settings_for(self.name or type(self).__name__.lower(), self.Settings)
         return self._settings

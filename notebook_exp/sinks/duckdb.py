@@ -19,6 +19,7 @@ class DuckDBSink(Sink):
 
     name = "duckdb"
     max_pending_rows = None  # never drop
+    wants_telemetry = True
     threaded = False  # every method only queues work for the store's writer
 
     def __init__(self) -> None:

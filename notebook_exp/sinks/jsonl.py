@@ -31,6 +31,7 @@ class JSONLSink(Sink):
     """Appends a run's events to ``<dir>/<run_id>.jsonl``."""
 
     name = "jsonl"
+    wants_telemetry = True
 
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None

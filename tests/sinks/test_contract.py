@@ -4,6 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import readback_mlflow
+import readback_tensorboard
+import readback_wandb
 
 import notebook_exp as nx
 from notebook_exp.sinks import Sink, registry
@@ -26,11 +29,17 @@ def _verify_jsonl(run, store_path, read_only):
     assert {"params", "tags", "text", "histogram", "image", "artifact"} <= set(kinds)
 
 
-VERIFY = {"duckdb": _verify_duckdb, "jsonl": _verify_jsonl}
+VERIFY = {
+    "duckdb": _verify_duckdb,
+    "jsonl": _verify_jsonl,
+    "mlflow": readback_mlflow.verify,
+    "tensorboard": readback_tensorboard.verify,
+    "wandb": readback_wandb.verify,
+}
 
 
 def test_builtin_sinks_are_registered_through_entry_points():
-    assert {"duckdb", "jsonl"} <= set(registry.available())
+    assert {"duckdb", "jsonl", "mlflow", "tensorboard", "wandb"} <= set(registry.available())
     for name in registry.available():
         assert issubclass(registry.load(name), Sink)
 

@@ -7,6 +7,7 @@ import warnings
 import pytest
 
 import notebook_exp as nx
+from notebook_exp import _plugins as plugins
 from notebook_exp.exceptions import SinkError
 from notebook_exp.sinks import dispatch, registry
 from notebook_exp.testing import MemorySink
@@ -148,7 +149,7 @@ def test_third_party_plugin_through_entry_points(tmp_path, monkeypatch):
     )
     (tmp_path / "thirdparty_broken.py").write_text("raise ImportError('missing native lib')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry._entry_points.cache_clear()
+    plugins.reset()
     try:
         assert {"counting", "broken"} <= set(registry.available())
         with nx.start_run(sinks=["counting"]) as run:
@@ -157,7 +158,7 @@ def test_third_party_plugin_through_entry_points(tmp_path, monkeypatch):
             nx.start_run(sinks=["broken"])
     finally:
         monkeypatch.undo()
-        registry._entry_points.cache_clear()
+        plugins.reset()
     assert run.status == nx.RunStatus.COMPLETED
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "installed",
     "load",
     "names",
+    "plugins",
     "reset",
     "settings_for",
     "start_order",
@@ -151,7 +152,7 @@ class PluginInfo(BaseModel):
     install: str | None = None  # what fixes that, when a pip install does
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entry_points(kind: str) -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=GROUPS[kind]):
@@ -186,7 +187,7 @@ def entry_point(kind: str, name: str) -> EntryPoint:
     return eps[name]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(kind: str, name: str):
     ep = entry_point(kind, name)
     try:
@@ -374,3 +375,26 @@ def start_order(plugins: list[tuple[str, str, tuple[str, ...]]]) -> list[tuple[s
     for node in nodes:
         visit(node, [])
     return order
+
+
+# -- the table ---------------------------------------------------------------------
+
+#: The columns of :func:`plugins` (and of ``notebook-exp plugins``).
+TABLE_COLUMNS = ("kind", "name", "version", "loads", "problem", "install", "requires", "capabilities",
+                 "description", "distribution", "target")
+
+
+def plugins(kind: str | None = None):
+    """Every installed plugin as a pandas DataFrame, one row each (``nx.plugins()``):
+    kind, name, version, whether it loads, and if not why and the install line that
+    fixes it, with what it requires and can do. ``kind`` keeps one kind."""
+    import pandas as pd
+
+    kinds = KINDS if kind is None else (kind,)
+    for k in kinds:
+        _check_kind(k)
+    rows = [
+        {**found.model_dump(), "requires": ", ".join(found.requires), "capabilities": ", ".join(found.capabilities)}
+        for found in installed(kinds)
+    ]
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
