@@ -4,8 +4,10 @@
    duckdb sink alone, then with 1 and 3 extra sinks. Extra sinks run on their own
    worker threads, which share the GIL with the loop: the figure is the whole
    loop's time per step, not only the ``run.log`` call. Configurations are
-   interleaved, round after round, so all see the same machine noise; medians are
-   printed with the ratio to duckdb alone.
+   interleaved, round after round and each first in turn, so all see the same
+   machine noise; medians are printed with the ratio to duckdb alone. Sinks that
+   are busy in Python (tensorboard, mlflow, wandb) run in the sink host process
+   by default; ``--threads`` runs them on threads of this process instead, to show why.
 2. Each sink alone, fed batches directly (10 keys x 1,000 points per batch, the
    shape a 0.5 s flush of a busy loop gives): points/s from the first call to the
    end of ``close`` (everything written).
@@ -49,8 +51,10 @@ def training_thread(rounds: int, steps: int, extra: list[str], size: int) -> Non
     configs = {"duckdb only": ["duckdb"], "+1 sink": ["duckdb", *extra[:1]], f"+{len(extra)} sinks": ["duckdb", *extra]}
     times: dict[str, list[float]] = {name: [] for name in configs}
     calls: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
     for r in range(rounds + 1):  # round 0 warms up, and is not counted
-        for name, sinks in configs.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each goes first in turn
+            sinks = configs[name]
             with nx.start_run(f"loop-{r}", experiment="bench-sinks", sinks=sinks) as run:
                 per_step = loop(run, steps, work)
                 started = time.perf_counter()
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--extra", default="jsonl,tensorboard,mlflow", help="the extra sinks, in order")
     parser.add_argument("--throughput", default="duckdb,jsonl,tensorboard,mlflow,wandb",
                         help="sinks to measure alone")
+    parser.add_argument("--threads", action="store_true", help="run every sink in this process (process=False)")
     parser.add_argument("--batches", type=int, default=10, help="batches of 10,000 points per sink")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -118,6 +123,9 @@ def main() -> None:
         os.environ["NOTEBOOK_EXP_STORE"] = str(Path(folder) / "bench.duckdb")
         os.environ.setdefault("NOTEBOOK_EXP_TELEMETRY_INTERVAL", "0")
         os.environ.setdefault("WANDB_SILENT", "true")
+        if args.threads:
+            for name in ("TENSORBOARD", "MLFLOW", "WANDB"):
+                os.environ[f"NOTEBOOK_EXP_{name}_PROCESS"] = "false"
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
         training_thread(args.rounds, args.steps, [s for s in args.extra.split(",") if s], args.size)
         for name in [s for s in args.throughput.split(",") if s]:

@@ -114,6 +114,9 @@ class MetricBatch:
                     found.extend(points)
         return cls(batches[0].run_id, list(grouped.items()))
 
+    def __reduce__(self):
+        return (MetricBatch, (self.run_id, self.chunks))  # the cached Arrow tables stay behind
+
     def __len__(self) -> int:
         return self._len
 

@@ -85,6 +85,13 @@ class SinkSettings(PluginSettings):
             "still failing after sink_retries is disabled for the run); None: the sink's default."
         ),
     )
+    process: bool | None = Field(
+        None,
+        description=(
+            "Run this sink in the sink host process, off the training process's GIL "
+            "(notebook_exp.sinks._host); None: the sink's default (``Sink.isolated``)."
+        ),
+    )
     breaker_cooldown: float = Field(
         10.0, gt=0, description="Seconds an open breaker waits before it probes the sink with one call."
     )
@@ -101,6 +108,9 @@ class Sink(Plugin):
     wants_telemetry: ClassVar[bool] = False
     #: Consecutive failures that open its breaker unless its settings say otherwise (0: none).
     breaker_failures: ClassVar[int] = 0
+    #: Whether it runs in the sink host process unless its settings say otherwise: for
+    #: sinks that are busy in Python (it must then be picklable before ``start_run``).
+    isolated: ClassVar[bool] = False
     #: Points this sink may have queued before batches are dropped (None: never drop).
     max_pending_rows: ClassVar[int | None] = 1_000_000
     #: False: called inline (the sink's methods must never block); True: its own worker thread.

@@ -188,6 +188,7 @@ class MLflowSink(Sink):
     """Logs each run to an MLflow tracking server or store, as one MLflow run."""
 
     name = "mlflow"
+    isolated = True  # busy in Python: runs in the sink host, off the training GIL (sinks._host)
     libraries = ("mlflow",)
     extra = "mlflow"
     capabilities = ("metrics", "params", "tags", "text", "histograms", "images", "artifacts")

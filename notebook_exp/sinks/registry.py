@@ -11,6 +11,8 @@ register one (see ``notebook_exp._plugins``)::
 An entry is a registered name, a ``Sink`` class, a factory (a callable taking
 no arguments that returns a ``Sink``) or a ``Sink`` instance, alone or paired
 with options for its settings: ``("tensorboard", {"include": ["train/*"]})``.
+A sink whose ``process`` setting (default: ``Sink.isolated``) is true runs in
+the sink host process (``sinks._host``), unless it was passed as an instance.
 Every sink gets its settings (``Sink.settings``) from those options, the
 environment (``NOTEBOOK_EXP_<SINK>_<FIELD>``) and ``[plugins.<sink>]`` of
 ``notebook_exp.toml``, validated by its ``Settings`` model before the run
@@ -125,11 +127,15 @@ def resolve(specs) -> list[Sink]:
         target, options = split(spec)
         what = kind(spec)
         if what == "name":
-            sinks.append(create(target, options))
-            continue
-        sink = target if what == "instance" else _make(target)
-        if options is not None or sink._settings is None:
-            sink.settings = _settings(sink, options)
+            sink = create(target, options)
+        else:
+            sink = target if what == "instance" else _make(target)
+            if options is not None or sink._settings is None:
+                sink.settings = _settings(sink, options)
+        if what != "instance" and (sink.isolated if sink.settings.process is None else sink.settings.process):
+            from ._host import ProcessSink
+
+            sink = ProcessSink(sink)  # an instance passed in stays in this process: its owner holds it
         sinks.append(sink)
     return _in_start_order(sinks)
 

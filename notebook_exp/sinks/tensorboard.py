@@ -160,6 +160,7 @@ class TensorBoardSink(Sink):
 
     name = "tensorboard"
     capabilities = ("metrics", "text", "histograms", "images", "hparams")
+    isolated = True  # busy in Python: runs in the sink host, off the training GIL (sinks._host)
     libraries = ("tensorboard",)
     extra = "tensorboard"
     Settings = TensorBoardSettings

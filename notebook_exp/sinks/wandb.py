@@ -109,6 +109,7 @@ class WandbSink(Sink):
 
     name = "wandb"
     capabilities = ("metrics", "params", "tags", "text", "histograms", "images", "artifacts", "status")
+    isolated = True  # busy in Python: runs in the sink host, off the training GIL (sinks._host)
     libraries = ("wandb",)
     extra = "wandb"
     Settings: ClassVar[type[SinkSettings]] = WandbSettings
