@@ -33,7 +33,7 @@ from .store.queries import ema
 __all__ = ["MetricPlot", "RunsTable", "runs_table"]
 
 GROUPS = ("params.", "metrics.")  # column prefixes shown under a group heading
-MAX_CELL = 80  # characters of a cell shown; the whole value is in its tooltip
+DEFAULT_MAX_CELL = 80  # characters of a cell shown; the whole value is in its tooltip
 X_KINDS = ("step", "time")
 DEFAULT_HEIGHT = 360
 
@@ -113,15 +113,13 @@ def _check_plot_args(key: Any, x: str, smooth: Any) -> None:
 def _available_keys(table: RunsTable) -> list[str]:
     """Metric keys the table's runs logged (from the store, else from its columns)."""
     from .exceptions import StoreError
-    from .store.queries import sql
+    from .store import queries
 
     ids = [str(r) for r in table["run_id"]]
     if not ids:
         return []
     try:
-        found = sql("SELECT DISTINCT key FROM metric_summary WHERE run_id IN (SELECT unnest(?)) ORDER BY key",
-                    [ids], store=table.store)
-        return [str(k) for k in found["key"]]
+        return queries.read(lambda conn: queries.metric_keys(conn, ids), store=table.store)
     except StoreError:
         return sorted(c.removeprefix("metrics.") for c in table.columns if str(c).startswith("metrics."))
 
@@ -162,7 +160,7 @@ def format_cell(value: Any) -> str:
 
 def _cell(column: Any, value: Any) -> str:
     text = format_cell(value)
-    shown = text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "\u2026"
+    shown = text if len(text) <= DEFAULT_MAX_CELL else text[: DEFAULT_MAX_CELL - 1] + "\u2026"
     title = f' title="{html.escape(text)}"' if shown != text else ""
     style = ""
     if str(column) == "status" and text in STATUS_COLORS:
@@ -254,7 +252,7 @@ def _hover(lines: list, smooth: float):
 
 # -- BokehJS, once per notebook ----------------------------------------------------
 BOKEHJS_ATTR = "data-nx-bokehjs"  # marks the one output that carries the bundle (its value: the version)
-BOKEHJS_TIMEOUT_MS = 20_000  # how long a chart waits for the bundle before it says it is missing
+DEFAULT_BOKEHJS_TIMEOUT_MS = 20_000  # how long a chart waits for the bundle before it says it is missing
 _carrier: tuple[object, int] | None = None  # (cell, execution count) of the output that carries BokehJS
 _bundle: str | None = None
 
@@ -349,7 +347,7 @@ def _waiting_script(script: str, div_id: str) -> str:
         "  const timer = setInterval(function() {\n"
         "    if (root.Bokeh !== undefined || root.__nxBokehJS !== undefined) {\n"
         "      clearInterval(timer); (root.__nxBokehJS || Promise.resolve()).then(embed);\n"
-        f"    }} else if (Date.now() - started > {BOKEHJS_TIMEOUT_MS}) {{\n"
+        f"    }} else if (Date.now() - started > {DEFAULT_BOKEHJS_TIMEOUT_MS}) {{\n"
         "      clearInterval(timer);\n"
         f'      const el = document.getElementById("{div_id}");\n'
         "      if (el) el.textContent = 'BokehJS is not loaded on this page: the output of the notebook\\'s '\n"

@@ -5,8 +5,8 @@ from pydantic import Field
 
 import notebook_exp as nx
 from notebook_exp import _plugins as plugins
-from notebook_exp.exceptions import ConfigError, SinkError
 from notebook_exp._plugins import PluginSettings
+from notebook_exp.exceptions import ConfigError, SinkError
 from notebook_exp.sinks import Sink, registry
 from notebook_exp.testing import MemorySink
 

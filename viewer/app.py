@@ -19,6 +19,7 @@ from functools import partial
 import panel as pn
 
 from notebook_exp.collectors import is_telemetry
+from notebook_exp.models import RunStatus
 
 from . import DEFAULT_REFRESH
 from .components.common import heading, message, preferred_key, title
@@ -165,7 +166,8 @@ class ViewerApp:
         """Whether any of these runs is queued/running (or not listed, so unknown)."""
         value = self.runs.table.value
         status = dict(zip(value["run_id"].tolist(), value["status"].tolist(), strict=True))
-        return any(status.get(run_id, "running") in ("queued", "running") for run_id in run_ids)
+        active = RunStatus.values(active=True)
+        return any(status.get(run_id, RunStatus.RUNNING.value) in active for run_id in run_ids)
 
 
 def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH) -> pn.viewable.Viewable:

@@ -41,8 +41,8 @@ log = logging.getLogger("notebook_exp.viewer")
 
 DEFAULT_WORKERS = 4  # reads of one file queue on its gate anyway; a few let other stores' reads pass
 BUSY = "store busy, retrying"
-RETRY_EVERY = 0.5  # seconds between tries of a download that found the store busy
-DOWNLOAD_PATIENCE = 30.0  # how long a download keeps trying before it gives up
+DEFAULT_RETRY_EVERY = 0.5  # seconds between tries of a download that found the store busy
+DEFAULT_DOWNLOAD_PATIENCE = 30.0  # how long a download keeps trying before it gives up
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -160,7 +160,7 @@ class Reads:
         self._futures.clear()
         self._waiting.clear()
 
-    async def call(self, read: Callable[[], object], patience: float = DOWNLOAD_PATIENCE):
+    async def call(self, read: Callable[[], object], patience: float = DEFAULT_DOWNLOAD_PATIENCE):
         """``await`` ``read()`` run off the loop, retrying while the store is busy (downloads)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
@@ -169,9 +169,9 @@ class Reads:
                 result = await loop.run_in_executor(read_pool(), read)
             except StoreError as exc:
                 self._set_status(busy_message(exc))
-                if loop.time() + RETRY_EVERY > deadline:
+                if loop.time() + DEFAULT_RETRY_EVERY > deadline:
                     raise
-                await asyncio.sleep(RETRY_EVERY)
+                await asyncio.sleep(DEFAULT_RETRY_EVERY)
                 continue
             self._settle()
             return result

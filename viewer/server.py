@@ -36,8 +36,8 @@ log = logging.getLogger("notebook_exp.viewer")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5006
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-CLOSE_WAIT = 0.5  # seconds stopping waits for browsers to answer the websocket close
-START_TIMEOUT = 60.0
+DEFAULT_CLOSE_WAIT = 0.5  # seconds stopping waits for browsers to answer the websocket close
+DEFAULT_START_TIMEOUT = 60.0
 AUTH_HINT = (
     "pass basic_auth='<password or path of a file holding it>' to serve() "
     "(CLI: notebook-exp view --basic-auth FILE), or keep host='127.0.0.1' and reach it "
@@ -149,8 +149,8 @@ class ViewerServer:
         """Serve from a daemon thread; returns once the port is bound (raises what binding raised)."""
         self._thread = threading.Thread(target=self._thread_main, name="notebook_exp-viewer", daemon=True)
         self._thread.start()
-        if not self._ready.wait(START_TIMEOUT):
-            raise TimeoutError(f"the viewer did not start in {START_TIMEOUT:.0f} s")
+        if not self._ready.wait(DEFAULT_START_TIMEOUT):
+            raise TimeoutError(f"the viewer did not start in {DEFAULT_START_TIMEOUT:.0f} s")
         if self._error is not None:
             raise self._error
 
@@ -221,14 +221,14 @@ async def close_sessions(server) -> int:
     bokeh's own ``stop()`` leaves connections and sessions as they are (a TODO
     in ``BokehTornado.stop``) and has no public way to end them, so this reaches
     into its application contexts: close each websocket (1001, going away),
-    give browsers ``CLOSE_WAIT`` to answer, then destroy each session with no
+    give browsers ``DEFAULT_CLOSE_WAIT`` to answer, then destroy each session with no
     connection left (which runs its ``on_session_destroyed`` callbacks).
     """
     app = server._tornado
     for connection in list(app._clients):
         connection._socket.close(1001, "server stopping")
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + CLOSE_WAIT
+    deadline = loop.time() + DEFAULT_CLOSE_WAIT
     while app._clients and loop.time() < deadline:
         await asyncio.sleep(0.01)
     closed = 0

@@ -2,8 +2,9 @@
 
 Views take a state and call its methods; they never touch the store. Every
 method opens one short read-only session (``Store.session``), runs a query or
-a few, and closes it again, so a writer in another process is never kept out
-for longer than one query (docs/architecture.md §3). Served from inside a kernel, the
+a few of the store's read path (``notebook_exp.store.queries``: the SQL lives
+there, none here), and closes it again, so a writer in another process is
+never kept out for longer than one query (docs/architecture.md §3). Served from inside a kernel, the
 same calls go through that kernel's own ``Store`` (``get_store`` is per
 process), so they never fight its writer for the file lock.
 
@@ -16,6 +17,7 @@ which runs them on a thread pool, applies the results on the loop and keeps
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -29,22 +31,21 @@ import param
 from notebook_exp.collectors import is_telemetry
 from notebook_exp.config import get_settings
 from notebook_exp.exceptions import StoreError, StoreLocked
-from notebook_exp.store import get_store, utcnow
+from notebook_exp.store import get_store, queries, utcnow
+from notebook_exp.store.queries import FilterError, FilterNames, RunFilter, compile_filter
 
-from . import queries
 from .background import Reads
-from .filters import FilterError, FilterNames, compile_filter
 
 __all__ = ["DEFAULT_READ_TIMEOUT", "DEFAULT_WIDTH", "FilterError", "SeriesData", "ViewerState"]
 
 DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucket
 DEFAULT_METRIC_COLUMNS = 3
-EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
 FILTER_PARAMS = ("experiments", "statuses", "tags", "text", "expression", "metric_columns")
-READ_GAP = 0.012  # seconds between two read sessions of this process on one store
+DEFAULT_READ_GAP = 0.012  # seconds between two read sessions of this process on one store
 DEFAULT_READ_TIMEOUT = 0.5  # seconds a read waits for the file in all, then raises StoreLocked
-MAX_IMAGES = 24
-MAX_IMAGES_PER_KEY = 8
+DEFAULT_MAX_IMAGES = 24  # images a run's page shows, newest first ...
+DEFAULT_IMAGES_PER_KEY = 8  # ... and of one key
+DEFAULT_MEDIA_ROWS = 200  # texts and histograms read per key, newest first
 
 
 _last_read: dict[Path, float] = {}  # store path -> when this process last detached it
@@ -99,7 +100,7 @@ class ViewerState(param.Parameterized):
         """Run ``work(conn)`` in one short read-only session; ``default`` if no store yet.
 
         The viewer's reads of one file take turns (a gate per file), and
-        consecutive sessions are spaced by ``READ_GAP``: a writer retrying its
+        consecutive sessions are spaced by ``DEFAULT_READ_GAP``: a writer retrying its
         lock every 2-10 ms gets in between them instead of waiting out a whole
         burst of reads (a page load). Waiting for the turn, the gap and the
         file's lock together takes at most ``lock_timeout``; then ``StoreLocked``.
@@ -111,7 +112,7 @@ class ViewerState(param.Parameterized):
         if not gate.acquire(timeout=self.lock_timeout):
             raise StoreLocked(str(self.store_path), None, self.lock_timeout)
         try:
-            wait = _last_read.get(self.store_path, 0.0) + READ_GAP - time.monotonic()
+            wait = _last_read.get(self.store_path, 0.0) + DEFAULT_READ_GAP - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             with self.store.session(write=False, timeout=max(0.0, deadline - time.monotonic())) as conn:
@@ -124,45 +125,30 @@ class ViewerState(param.Parameterized):
             _last_read[self.store_path] = time.monotonic()
             gate.release()
 
+    def _reader(self, work):
+        """``_read`` as the query module's ``Reader``: ``None`` when there is no store."""
+        return self._read(work, None)
+
     # -- filters and the runs list --------------------------------------------
     def facets(self, refresh: bool = False) -> dict[str, list[str]]:
         """Experiments, statuses, tags, param names and metric keys present in the store."""
         if self._facets is None or refresh:
-            self._facets = self._read(queries.facets, dict(EMPTY_FACETS))
+            self._facets = self._read(queries.facets, dict(queries.EMPTY_FACETS))
         return self._facets
 
     def default_metric_columns(self) -> list[str]:
         keys = [k for k in self.facets()["metrics"] if not is_telemetry(k)]
         return keys[:DEFAULT_METRIC_COLUMNS]
 
-    def where(self, **overrides) -> tuple[str, list]:
-        """The WHERE clause (without ``WHERE``) and arguments for the filters.
-
-        ``overrides`` replace filter values for this call only. Raises
-        ``FilterError`` for an expression that does not parse.
-        """
+    def run_filter(self, **overrides) -> RunFilter:
+        """The runs the filters select (``overrides`` replace filter values for this
+        call only). Raises ``FilterError`` for an expression that does not parse."""
         values = {name: overrides.get(name, getattr(self, name)) for name in FILTER_PARAMS}
-        clauses, args = [], []
-        if values["experiments"]:
-            clauses.append("runs.experiment IN (SELECT unnest(?::VARCHAR[]))")
-            args.append(list(values["experiments"]))
-        if values["statuses"]:
-            clauses.append("runs.status IN (SELECT unnest(?::VARCHAR[]))")
-            args.append(list(values["statuses"]))
-        if values["tags"]:
-            clauses.append("list_has_all(coalesce(runs.tags, []), ?::VARCHAR[])")
-            args.append(list(values["tags"]))
-        text = values["text"].strip().lower()
-        if text:
-            fields = "concat_ws(' ', runs.name, runs.experiment, runs.run_id, " \
-                     "array_to_string(runs.tags, ' '), CAST(runs.params AS VARCHAR))"
-            clauses.append(f"contains(lower({fields}), ?)")
-            args.append(text)
-        if values["expression"].strip():
-            sql, expr_args = self._compile(values["expression"])
-            clauses.append(sql)
-            args.extend(expr_args)
-        return " AND ".join(f"({c})" for c in clauses), args
+        return RunFilter(
+            experiments=list(values["experiments"]) or None, statuses=list(values["statuses"]) or None,
+            tags=list(values["tags"]) or None, text=values["text"],
+            expression=self._compile(values["expression"]) if values["expression"].strip() else ("", []),
+        )
 
     def _compile(self, expression: str) -> tuple[str, list]:
         """Compile against the known names; re-read them once if a name is unknown (new runs)."""
@@ -176,14 +162,13 @@ class ViewerState(param.Parameterized):
                 raise
         return compile_filter(expression, names(self.facets(refresh=True)))
 
+    def _runs(self, where: RunFilter, keys: list[str]) -> pd.DataFrame:
+        return queries.runs_table(self._reader, where, layout=queries.LIST_LAYOUT, keys=keys)
+
     def list_runs(self, **overrides) -> pd.DataFrame:
         """The runs table for the filters (newest first); never scans ``metrics``."""
-        where, args = self.where(**overrides)
-        keys = list(overrides.get("metric_columns", self.metric_columns))
-        return self._read(
-            lambda conn: queries.list_runs(conn, where, args, utcnow(), keys),
-            queries.empty_runs(keys),
-        )
+        where = self.run_filter(**overrides)
+        return self._runs(where, list(overrides.get("metric_columns", self.metric_columns)))
 
     def update_filters(self, **changes) -> pd.DataFrame:
         """Apply filter changes if they are valid and return the new runs table.
@@ -199,30 +184,19 @@ class ViewerState(param.Parameterized):
 
     def rows(self, run_ids: list[str]) -> pd.DataFrame:
         """Fresh rows (same columns as ``list_runs``) for these runs, ignoring filters."""
-        if not run_ids:
-            return queries.empty_runs(list(self.metric_columns))
         keys = list(self.metric_columns)
-        return self._read(
-            lambda conn: queries.list_runs(conn, "", [], utcnow(), keys, run_ids=list(run_ids)),
-            queries.empty_runs(keys),
-        )
+        if not run_ids:
+            return queries.empty_runs_table(queries.LIST_LAYOUT, keys)
+        return self._runs(RunFilter(run_ids=list(run_ids)), keys)
 
     def new_runs(self, known: set[str], since) -> pd.DataFrame:
         """Runs matching the filters created at or after ``since`` that are not in ``known``."""
-        where, args = self.where()
-        clause = "runs.created_at >= ?::TIMESTAMP" if since is not None else ""
-        where = " AND ".join(c for c in (where, clause) if c)
-        args = args + ([since] if since is not None else [])
-        keys = list(self.metric_columns)
-        frame = self._read(
-            lambda conn: queries.list_runs(conn, where, args, utcnow(), keys),
-            queries.empty_runs(keys),
-        )
+        frame = self._runs(dataclasses.replace(self.run_filter(), since=since), list(self.metric_columns))
         fresh = [run_id not in known for run_id in frame["run_id"].tolist()]
         return frame[fresh].reset_index(drop=True)
 
     def count_runs(self) -> int:
-        return self._read(lambda conn: conn.execute("SELECT count(*) FROM runs").fetchone()[0], 0)
+        return self._read(queries.count_runs, 0)
 
     # -- charts -----------------------------------------------------------------
     def series(self, run_ids, keys, x: str = "step", window=None, width: int = DEFAULT_WIDTH, after=None):
@@ -233,8 +207,8 @@ class ViewerState(param.Parameterized):
         for everything; ``after`` maps (run_id, key) to an x whose points and
         earlier ones are left out (what a live chart already has).
         """
-        if x not in queries.X_EXPRESSIONS:
-            raise ValueError(f"x must be one of {sorted(queries.X_EXPRESSIONS)}, not {x!r}")
+        if x not in queries.X_KINDS:
+            raise ValueError(f"x must be one of {sorted(queries.X_KINDS)}, not {x!r}")
         empty = SeriesData(pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []}), None, {})
         run_ids, keys = list(run_ids), list(keys)
         if not run_ids or not keys:
@@ -258,28 +232,14 @@ class ViewerState(param.Parameterized):
 
     def metric_keys(self, run_ids: list[str]) -> list[str]:
         """Metric keys logged by any of these runs."""
-        return self._read(
-            lambda conn: [r[0] for r in conn.execute(
-                "SELECT DISTINCT key FROM metric_summary WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
-                "ORDER BY 1", [list(run_ids)]).fetchall()],
-            [],
-        )
+        return self._read(lambda conn: queries.metric_keys(conn, list(run_ids)), [])
 
     def compare_data(self, run_ids: list[str]) -> dict:
         """Names, statuses, params and metric summaries of the runs to compare."""
         ids = list(run_ids)
-
-        def work(conn):
-            runs = conn.execute(
-                "SELECT run_id, name, status, CAST(params AS VARCHAR) AS params FROM runs "
-                "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).df()
-            summary = conn.execute(
-                "SELECT run_id, key, last_value, min_value, max_value FROM metric_summary "
-                "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).df()
-            return runs, summary
-
-        runs, summary = self._read(work, (pd.DataFrame(columns=["run_id", "name", "status", "params"]),
-                                          pd.DataFrame(columns=["run_id", "key"])))
+        runs, summary = self._read(lambda conn: queries.compare_rows(conn, ids),
+                                   (pd.DataFrame(columns=["run_id", "name", "status", "params"]),
+                                    pd.DataFrame(columns=["run_id", "key"])))
         order = {run_id: i for i, run_id in enumerate(ids)}
         runs = runs.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
         params = {r: _load_params(p) for r, p in zip(runs["run_id"], runs["params"], strict=True)}
@@ -292,44 +252,17 @@ class ViewerState(param.Parameterized):
     # -- one run ----------------------------------------------------------------
     def run_overview(self, run_id: str) -> dict | None:
         """The run's row, its events and its metric summary; ``None`` if there is no such run."""
-        def work(conn):
-            row = conn.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
-            if not len(row):
-                return None
-            events = conn.execute(
-                "SELECT ts, event, detail, host, pid FROM events WHERE run_id = ? ORDER BY ts",
-                [run_id]).df()
-            summary = conn.execute(
-                "SELECT key, count, first_step, last_step, last_value, min_value, max_value, last_ts "
-                "FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id]).df()
-            return {"run": row.iloc[0].to_dict(), "events": events, "summary": summary}
-
-        overview = self._read(work, None)
+        overview = self._read(lambda conn: queries.run_overview(conn, run_id), None)
         if overview is not None:
             overview["run"]["params"] = _load_params(overview["run"].get("params"))
         return overview
 
-    def run_media(self, run_id: str, limit: int = 200) -> dict:
+    def run_media(self, run_id: str, limit: int = DEFAULT_MEDIA_ROWS) -> dict:
         """Texts and histograms (newest ``limit`` per key), newest images (PNG), artifacts."""
-        def work(conn):
-            newest = ("QUALIFY row_number() OVER (PARTITION BY key ORDER BY step DESC) <= ? "
-                      "ORDER BY key, step")
-            return {
-                "texts": conn.execute(
-                    f"SELECT key, step, ts, text FROM texts WHERE run_id = ? {newest}",
-                    [run_id, limit]).df(),
-                "histograms": conn.execute(
-                    f"SELECT key, step, bin_edges, counts FROM histograms WHERE run_id = ? {newest}",
-                    [run_id, limit]).df(),
-                "images": conn.execute(
-                    f"SELECT key, step, width, height, png FROM images WHERE run_id = ? {newest} "
-                    "LIMIT ?", [run_id, MAX_IMAGES_PER_KEY, MAX_IMAGES]).df(),
-                "artifacts": conn.execute(
-                    "SELECT name, path, size, sha256, ts FROM artifacts WHERE run_id = ? ORDER BY name",
-                    [run_id]).df(),
-            }
-
-        return self._read(work, {"texts": None, "histograms": None, "images": None, "artifacts": None})
+        return self._read(
+            lambda conn: queries.run_media(conn, run_id, limit, DEFAULT_MAX_IMAGES, DEFAULT_IMAGES_PER_KEY),
+            {"texts": None, "histograms": None, "images": None, "artifacts": None},
+        )
 
     def artifact_file(self, path: str) -> Path | None:
         """The artifact's file if it exists inside the store's folder, else ``None``."""
@@ -347,10 +280,8 @@ class ViewerState(param.Parameterized):
         """Every metric point of these runs as CSV or Parquet bytes (long form)."""
         if fmt not in ("csv", "parquet"):
             raise ValueError(f"format must be 'csv' or 'parquet', not {fmt!r}")
-        sql = ("SELECT r.name AS run_name, m.run_id, m.key, m.step, m.ts, m.value "
-               "FROM metrics m JOIN runs r ON r.run_id = m.run_id "
-               "WHERE m.run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY m.run_id, m.key, m.step")
-        table = self._read(lambda conn: conn.sql(sql, params=[list(run_ids)]).to_arrow_table(), None)
+        ids = list(run_ids)
+        table = self._read(lambda conn: queries.metric_points(conn, ids, run_names=True), None)
         buffer = io.BytesIO()
         if table is None:
             table = _empty_export()

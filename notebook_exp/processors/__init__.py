@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..models import MetricBatch
 from .._plugins import Plugin, PluginSettings
+from ..models import MetricBatch
 
 __all__ = ["Processor", "ProcessorSettings"]
 

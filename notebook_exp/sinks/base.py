@@ -37,8 +37,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ..models import MetricBatch, RunInfo, RunStatus
 from .._plugins import Plugin, PluginSettings
+from ..models import MetricBatch, RunInfo, RunStatus
 
 __all__ = ["Sink", "SinkSettings"]
 

@@ -4,7 +4,7 @@ their holders, and the store's most recent runs.
 A monitor polls only while there is something to follow. Once this kernel's
 queue has no queued or running job it draws the final state (GPUs at once,
 recent runs as soon as the store shows this kernel's runs ended, at most
-``SETTLE_LIMIT`` later) and leaves the ticker. Displaying the same monitor
+``DEFAULT_SETTLE_LIMIT`` later) and leaves the ticker. Displaying the same monitor
 again (or ``resume()``) makes it poll again; a new ``%experiment_status``
 makes a new one. Runs of other processes listed under "Recent runs" keep the
 status they had at the last refresh.
@@ -16,19 +16,18 @@ import time
 
 import ipywidgets as w
 
+from ..models import RunStatus
+from ..store import queries
 from ._html import badge, esc, table
 from ._ticker import ticker
 
-GPU_POLL = 1.0
-RECENT_POLL = 2.0
-RECENT_SETTLE = 0.5  # once the queue is idle: how often to look for the runs' final rows
-SETTLE_LIMIT = 30.0  # ... and for how long at most
-RECENT_TIMEOUT = 0.2  # seconds a refresh waits for the store; if it is busy, the turn is skipped
-RECENT = 10
-MAX_ROWS = 50  # active runs listed; the summary counts them all
-ACTIVE = ("queued", "running")
-RECENT_SQL = (f"SELECT run_id, name, experiment, status, started_at FROM runs "
-              f"ORDER BY created_at DESC LIMIT {RECENT}")
+DEFAULT_GPU_POLL = 1.0  # seconds between GPU readings
+DEFAULT_RECENT_POLL = 2.0  # seconds between reads of the recent runs while the queue is busy
+DEFAULT_RECENT_SETTLE = 0.5  # once the queue is idle: how often to look for the runs' final rows
+DEFAULT_SETTLE_LIMIT = 30.0  # ... and for how long at most
+DEFAULT_RECENT_TIMEOUT = 0.2  # seconds a refresh waits for the store; if it is busy, the turn is skipped
+DEFAULT_RECENT = 10  # recent runs listed (and finished jobs of this kernel)
+DEFAULT_MAX_ROWS = 50  # active runs listed; the summary counts them all
 
 
 class QueueMonitor(w.VBox):
@@ -86,15 +85,15 @@ class QueueMonitor(w.VBox):
             self._idle_since = None
         elif self._idle_since is None:  # just went idle: draw the final state now
             self._idle_since, self._gpu_at, self._recent_at = now, 0.0, 0.0
-        if now - self._gpu_at >= GPU_POLL:
+        if now - self._gpu_at >= DEFAULT_GPU_POLL:
             self._gpu_at = now
             changed |= self._refresh_gpus()
-        if now - self._recent_at >= (RECENT_POLL if active else RECENT_SETTLE):
+        if now - self._recent_at >= (DEFAULT_RECENT_POLL if active else DEFAULT_RECENT_SETTLE):
             self._recent_at = now
             changed |= self._refresh_recent()
         if changed:
             self.updates += 1
-        keep = active or not (self._recent_final or now - self._idle_since > SETTLE_LIMIT)
+        keep = active or not (self._recent_final or now - self._idle_since > DEFAULT_SETTLE_LIMIT)
         self.polling = keep
         return keep
 
@@ -102,8 +101,8 @@ class QueueMonitor(w.VBox):
         """Redraw the queue; returns (changed, whether any job is queued or running)."""
         jobs = sorted(self.scheduler.jobs(), key=lambda j: j.submitted_at)
         positions = self.scheduler.positions()
-        active = sorted((j for j in jobs if not j.done), key=lambda j: positions.get(j.run_id, -1))[:MAX_ROWS]
-        finished = [j for j in jobs if j.done][-RECENT:]
+        active = sorted((j for j in jobs if not j.done), key=lambda j: positions.get(j.run_id, -1))[:DEFAULT_MAX_ROWS]
+        finished = [j for j in jobs if j.done][-DEFAULT_RECENT:]
         counts = {}
         for job in jobs:
             counts[job.status.value] = counts.get(job.status.value, 0) + 1
@@ -162,23 +161,24 @@ class QueueMonitor(w.VBox):
         return changed
 
     def _refresh_recent(self) -> bool:
-        """Redraw the store's most recent runs, waiting at most ``RECENT_TIMEOUT``
+        """Redraw the store's most recent runs, waiting at most ``DEFAULT_RECENT_TIMEOUT``
         for the file: when another process holds it, this turn is skipped."""
         store = self.scheduler.store
         if not store.path.exists():
             self._recent_final = True
             return False
         try:
-            frame = store.query_arrow(RECENT_SQL, timeout=RECENT_TIMEOUT)
+            recent = queries.read(lambda conn: queries.recent_runs(conn, DEFAULT_RECENT), store=store,
+                                  timeout=DEFAULT_RECENT_TIMEOUT)
         except Exception:  # noqa: BLE001 - busy (StoreLocked) or unreadable: next turn
             self._recent_final = False
             return False
-        run_ids, names, experiments, statuses, started = (frame.column(i).to_pylist() for i in range(5))
         own = {job.run_id for job in self.scheduler.jobs()}
-        self._recent_final = not any(r in own and s in ACTIVE for r, s in zip(run_ids, statuses, strict=True))
+        active = RunStatus.values(active=True)
+        self._recent_final = not any(r in own and s in active for r, _n, _e, s, _t in recent)
         rows = [
             (esc(n), esc(e), badge(s), esc(t.strftime("%H:%M:%S") if t else ""))
-            for n, e, s, t in zip(names, experiments, statuses, started, strict=True)
+            for _r, n, e, s, t in recent
         ]
         return _set(self.recent, "value", table(rows, ("name", "experiment", "status", "started (UTC)")))
 

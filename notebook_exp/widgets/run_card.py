@@ -10,12 +10,13 @@ import ipywidgets as w
 
 from ..collectors import is_telemetry
 from ..models import RunStatus
+from ..store import queries
 from ._html import badge, duration, esc, number, sparkline, table
 from ._ticker import ticker
 
-STORE_POLL = 1.0  # seconds between store reads for runs in another process
-STORE_TIMEOUT = 0.2  # a busy store skips this turn rather than hold up the ticker
-FINAL_READ_FOR = 30.0  # seconds a card whose run ended keeps trying to read its final metrics
+DEFAULT_STORE_POLL = 1.0  # seconds between store reads for runs in another process
+DEFAULT_STORE_TIMEOUT = 0.2  # a busy store skips this turn rather than hold up the ticker
+DEFAULT_FINAL_READ_FOR = 30.0  # seconds a card whose run ended keeps trying to read its final metrics
 
 
 class RunCard(w.VBox):
@@ -67,7 +68,7 @@ class RunCard(w.VBox):
     # -- refreshing -------------------------------------------------------------
     def tick(self) -> bool:
         """Redraw what changed; returns False once the run has ended and its final
-        metrics were read (a busy store is retried for ``FINAL_READ_FOR`` seconds)."""
+        metrics were read (a busy store is retried for ``DEFAULT_FINAL_READ_FOR`` seconds)."""
         job = self.job
         done = job.done
         changed = self._set(self.header, "value", self._header_html())
@@ -83,7 +84,7 @@ class RunCard(w.VBox):
             changed = True
         if changed:
             self.updates += 1
-        if done and self._stale and job.ended_at and time.time() - job.ended_at < FINAL_READ_FOR:
+        if done and self._stale and job.ended_at and time.time() - job.ended_at < DEFAULT_FINAL_READ_FOR:
             return True
         return not done
 
@@ -156,19 +157,17 @@ class RunCard(w.VBox):
         if job.run is not None:
             return job.run.last_values()
         now = time.monotonic()
-        if job.status == RunStatus.QUEUED or (now - self._polled < STORE_POLL and (not job.done or self._stale)):
+        if job.status == RunStatus.QUEUED or (now - self._polled < DEFAULT_STORE_POLL and (not job.done or self._stale)):
             return self._values
         self._polled = now
         try:
-            frame = job._scheduler.store.query_arrow(
-                "SELECT key, last_step, last_value FROM metric_summary WHERE run_id = ?", [job.run_id],
-                timeout=STORE_TIMEOUT,
-            )
+            values = queries.read(lambda conn: queries.last_values(conn, job.run_id), store=job._scheduler.store,
+                                  timeout=DEFAULT_STORE_TIMEOUT)
         except Exception:  # noqa: BLE001 - the store may be busy; try again next time
             self._stale = True
             return self._values
         self._stale = False
-        return {k: (s, v) for k, s, v in zip(*(frame.column(i).to_pylist() for i in range(3)))}
+        return values
 
 
 class SweepView(w.VBox):

@@ -11,11 +11,11 @@ from notebook_exp_viewer.components.common import (
     text_block,
     title,
 )
-from notebook_exp_viewer.filters import FilterError
 from notebook_exp_viewer.server import is_loopback
 
 from notebook_exp.exceptions import ConfigError
 from notebook_exp.store import get_store
+from notebook_exp.store.queries import FilterError
 
 PAYLOAD = "<img src=x onerror=alert(1)>"
 ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from notebook_exp_viewer.filters import FilterError
 from notebook_exp_viewer.state import ViewerState
 from viewer_support import XSS_TAG
+
+from notebook_exp.store.queries import FilterError
 
 
 def test_facets(state):
@@ -181,3 +182,22 @@ def test_expression_sees_params_of_runs_that_appeared_later(tmp_path):
     assert list(state.list_runs(expression="b = 2")["name"]) == ["second"]
     with pytest.raises(FilterError, match="unknown name 'c'"):
         state.list_runs(expression="c = 1")
+
+
+def test_filters_select_the_right_runs(state, sample):
+    _path, ids = sample
+    by_id = {v: k for k, v in ids.items()}
+
+    def names(expression: str) -> set[str]:
+        frame = state.list_runs(expression=expression)
+        return {by_id.get(r, r) for r in frame["run_id"]}
+
+    assert names("lr < 0.05") == {"lr-0.01", "lr-0.001"}
+    assert names("lr < 0.05 and bs >= 64") == {"lr-0.001"}
+    assert names("opt = 'adam' and not lr = 0.1") == {"lr-0.01", "lr-0.001"}
+    assert names("status = 'failed'") == {"exploding", "xss"}
+    assert names("loss < 0.1") == {"lr-0.1", "lr-0.01"}
+    assert names("max(loss) >= 1 and min(loss) < 0.8") == {"lr-0.1", "lr-0.01", "lr-0.001"}
+    assert names("lr in (0.1, 5)") == {"lr-0.1", "exploding"}
+    assert names("name = 'x''; DROP TABLE runs; --'") == set()
+    assert len(state.list_runs()) == len(ids)

@@ -10,7 +10,7 @@ from notebook_exp.models import RunStatus
 from notebook_exp.scheduler.core import get_scheduler
 from notebook_exp.testing import StoreHolder
 from notebook_exp.widgets._ticker import ticker
-from notebook_exp.widgets.queue_monitor import RECENT_TIMEOUT, QueueMonitor
+from notebook_exp.widgets.queue_monitor import DEFAULT_RECENT_TIMEOUT, QueueMonitor
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -72,7 +72,7 @@ def test_a_tick_skips_a_held_store_quickly_and_finishes_once_it_is_free(store_pa
         monitor.resume()  # one tick, which reads the store for the final state of the idle queue
         took = time.monotonic() - started
         print(f"a QueueMonitor tick with the store held took {took:.3f} s")
-        assert RECENT_TIMEOUT * 0.9 <= took < 0.5
+        assert DEFAULT_RECENT_TIMEOUT * 0.9 <= took < 0.5
         assert monitor.polling and monitor in ticker  # the final rows are not drawn yet: it keeps trying
         assert "second" not in monitor.recent.value
     assert wait_until(lambda: monitor not in ticker)

@@ -28,10 +28,10 @@ from .common import color_for, message
 __all__ = ["X_LABELS", "MetricChart"]
 
 X_LABELS = {"step": "step", "wall": "wall time (UTC)", "relative": "time since start (s)"}
-MARKS_UP_TO = 60  # draw point markers on series this short (a single point has no line)
-FULL_WINDOW = 0.999  # a window covering this much of the extent counts as "everything"
-GROW_REBUCKET = 2.0  # re-bucket a live chart once its extent has doubled
-WINDOW_MARGIN = 0.25  # a zoomed chart reads this fraction of its width more on each side
+DEFAULT_MARKS_UP_TO = 60  # draw point markers on series this short (a single point has no line)
+DEFAULT_FULL_WINDOW = 0.999  # a window covering this much of the extent counts as "everything"
+DEFAULT_GROW_REBUCKET = 2.0  # re-bucket a live chart once its extent has doubled
+DEFAULT_WINDOW_MARGIN = 0.25  # a zoomed chart reads this fraction of its width more on each side
 
 
 class MetricChart:
@@ -114,7 +114,7 @@ class MetricChart:
         self.full = full
         self.points = pd.concat([self.points, tail], ignore_index=True).sort_values(
             ["run_id", "key", "x"], kind="stable", ignore_index=True)
-        if full[1] - full[0] > GROW_REBUCKET * self.base_span:
+        if full[1] - full[0] > DEFAULT_GROW_REBUCKET * self.base_span:
             self._rebucket(full)
         self.note.object = ""
         self._draw()
@@ -217,7 +217,7 @@ class MetricChart:
         if self.window is None:
             return None
         x0, x1 = self.window
-        margin = (x1 - x0) * WINDOW_MARGIN
+        margin = (x1 - x0) * DEFAULT_WINDOW_MARGIN
         return x0 - margin, x1 + margin
 
     def _draw(self) -> None:
@@ -229,7 +229,7 @@ class MetricChart:
             ys = frame["value"].to_numpy(dtype="float64") if frame is not None else np.array([])
             label = [self._series_label(*pair)] * len(xs)
             smooth.data = {"x": xs, "y": ema(ys, weight), "label": label}
-            self.marks[pair].glyph.size = 5 if 0 < len(xs) <= MARKS_UP_TO else 0
+            self.marks[pair].glyph.size = 5 if 0 < len(xs) <= DEFAULT_MARKS_UP_TO else 0
             raw.data = {"x": xs, "y": ys, "label": label} if weight > 0 else {"x": [], "y": [], "label": []}
 
     # -- events ------------------------------------------------------------------
@@ -239,7 +239,7 @@ class MetricChart:
         window = (float(min(event.x0, event.x1)), float(max(event.x0, event.x1)))
         if self.full is not None:
             lo, hi = self.full
-            slack = (1 - FULL_WINDOW) * max(hi - lo, 1e-12)
+            slack = (1 - DEFAULT_FULL_WINDOW) * max(hi - lo, 1e-12)
             if window[0] <= lo + slack and window[1] >= hi - slack:
                 window = None  # zoomed out to everything: follow the data as it grows
         if window == self.window:

@@ -15,12 +15,13 @@ import panel as pn
 from bokeh.models import ColumnDataSource, FixedTicker, HoverTool, LabelSet, Range1d
 from bokeh.plotting import figure
 
+from notebook_exp.store.queries import SUMMARY_COLUMNS
+
 from .common import color_for, format_value, message, preferred_key
 
-__all__ = ["AGGREGATES", "ParallelCoords", "metric_values", "scale_axis", "varying_params"]
+__all__ = ["ParallelCoords", "metric_values", "scale_axis", "varying_params"]
 
-AGGREGATES = {"last": "last_value", "min": "min_value", "max": "max_value"}
-MAX_AXES = 12
+DEFAULT_MAX_AXES = 12
 
 
 def varying_params(run_ids: list[str], params: dict[str, dict]) -> list[str]:
@@ -36,7 +37,7 @@ def varying_params(run_ids: list[str], params: dict[str, dict]) -> list[str]:
 
 def metric_values(summary, run_ids: list[str], key: str, agg: str = "last") -> list[float]:
     """One number per run from ``metric_summary`` rows (NaN where missing)."""
-    column = AGGREGATES[agg]
+    column = SUMMARY_COLUMNS[agg]
     rows = summary[summary["key"] == key] if len(summary) else summary
     found = dict(zip(rows["run_id"], rows[column], strict=True)) if len(rows) else {}
     out = []
@@ -75,7 +76,7 @@ class ParallelCoords:
         self.height = height
         self.data: dict | None = None
         self.metric = pn.widgets.Select(label="metric", options=[], width=200)
-        self.agg = pn.widgets.Select(label="value", options=list(AGGREGATES), value="last", width=90)
+        self.agg = pn.widgets.Select(label="value", options=list(SUMMARY_COLUMNS), value="last", width=90)
         self.note = pn.pane.HTML("", css_classes=["nx-parcoords-note"])
         self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", height=height, css_classes=["nx-parcoords"])
         for widget in (self.metric, self.agg):
@@ -96,7 +97,7 @@ class ParallelCoords:
         """Axis names, each run's scaled values, and each axis's (low, high) labels."""
         data = self.data
         run_ids = list(data["runs"]["run_id"])
-        names = varying_params(run_ids, data["params"])[:MAX_AXES]
+        names = varying_params(run_ids, data["params"])[:DEFAULT_MAX_AXES]
         columns, ends = [], []
         for name in names:
             scaled, lo, hi = scale_axis([data["params"].get(r, {}).get(name) for r in run_ids])

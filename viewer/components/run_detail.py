@@ -14,6 +14,7 @@ import pandas as pd
 import panel as pn
 
 from notebook_exp.collectors import is_telemetry
+from notebook_exp.models import RunStatus
 
 from .common import (
     STATUS_COLORS,
@@ -31,7 +32,6 @@ from .telemetry import TelemetryCharts
 
 __all__ = ["RunDetail"]
 
-LIVE = ("queued", "running")
 INFO_FIELDS = [
     ("run id", "run_id"), ("experiment", "experiment"), ("status", "status"),
     ("created (UTC)", "created_at"), ("started (UTC)", "started_at"), ("ended (UTC)", "ended_at"),
@@ -112,7 +112,7 @@ class RunDetail:
 
     def refresh(self) -> None:
         """Re-read a live run (and once more when it has just ended)."""
-        if self.run_id is None or self.status not in LIVE:
+        if self.run_id is None or self.status not in RunStatus.values(active=True):
             return
         run_id = self.run_id
         self.state.reads.submit("run", lambda: self.state.run_overview(run_id),

@@ -14,12 +14,12 @@ from .common import format_value, message, title
 
 __all__ = ["RunMedia", "histogram_figure"]
 
-MAX_HISTOGRAM_STEPS = 60
+DEFAULT_HISTOGRAM_STEPS = 60
 
 
 def histogram_figure(key: str, rows: pd.DataFrame, height: int = 260):
     """A heat strip per step: x = logged histograms in step order, y = bin, colour = share of counts."""
-    rows = rows.tail(MAX_HISTOGRAM_STEPS).reset_index(drop=True)
+    rows = rows.tail(DEFAULT_HISTOGRAM_STEPS).reset_index(drop=True)
     left, right, bottom, top, share, steps = [], [], [], [], [], []
     for i, row in rows.iterrows():
         edges = np.asarray(row["bin_edges"], dtype="float64")

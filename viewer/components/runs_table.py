@@ -24,27 +24,26 @@ from bokeh.models.widgets.tables import (
 )
 from bokeh.transform import factor_cmap
 
-from ..filters import FilterError
-from ..queries import BASE_COLUMNS, best_goal
+from notebook_exp.models import RunStatus
+from notebook_exp.store.queries import EMPTY_FACETS, LIST_LAYOUT, FilterError, best_goal
+
 from .common import STATUS_COLORS, choice_options, message, title
 
 __all__ = ["RunsList"]
 
-LIVE_STATUSES = ("queued", "running")
-PAGE_SIZE = 50
+DEFAULT_PAGE_SIZE = 50  # rows the browser holds
 PLAIN = {"type": "plaintext"}
 BASE_TITLES = {
     "run_id": "run id", "name": "name", "experiment": "experiment", "status": "status",
     "created": "created", "started": "started (UTC)", "duration": "duration (s)",
     "gpus": "GPUs", "tags": "tags",
 }
-FACET_EVERY = 5  # refreshes between re-reading the filter options
-NEW_RUN_LOOKBACK = pd.Timedelta(minutes=10)
+DEFAULT_FACET_EVERY = 5  # refreshes between re-reading the filter options
+DEFAULT_NEW_RUN_LOOKBACK = pd.Timedelta(minutes=10)  # how far before the newest listed run new runs are looked for
 NAME_LINK_CSS = """
 .tabulator-cell[tabulator-field="name"] { color: #1a5fb4; cursor: pointer; text-decoration: underline; }
 """
 READ_KEY = "runs"
-EMPTY_FACETS = {"experiments": [], "statuses": [], "tags": [], "params": [], "metrics": []}
 
 
 def _status_formatter() -> StringFormatter:
@@ -91,7 +90,7 @@ class RunsList:
         self._pending: dict = {}  # filter changes read but not applied yet
         self._build_widgets(EMPTY_FACETS)
         self.table = pn.widgets.Tabulator(
-            pd.DataFrame(columns=BASE_COLUMNS), pagination="remote", page_size=PAGE_SIZE,
+            pd.DataFrame(columns=list(LIST_LAYOUT.columns)), pagination="remote", page_size=DEFAULT_PAGE_SIZE,
             selectable="checkbox", show_index=False, disabled=True, hidden_columns=["created"],
             sizing_mode="stretch_width", layout="fit_data_table", header_align="left",
             sorters=[{"field": "created", "dir": "desc"}], css_classes=["nx-runs-table"],
@@ -238,13 +237,13 @@ class RunsList:
     def refresh(self) -> None:
         """Patch queued/running rows in place and stream in runs that appeared."""
         self._refreshes += 1
-        options = self._refreshes % FACET_EVERY == 0
+        options = self._refreshes % DEFAULT_FACET_EVERY == 0
         value = self.table.value
-        live = [r for r, st in zip(value["run_id"].tolist(), value["status"].tolist(), strict=True)
-                if st in LIVE_STATUSES]
+        active = RunStatus.values(active=True)
+        live = [r for r, st in zip(value["run_id"].tolist(), value["status"].tolist(), strict=True) if st in active]
         newest = value["created"].max() if len(value) else None
         # look back a while: a run created earlier may commit later (another process's flush)
-        since = None if newest is None or pd.isna(newest) else newest - NEW_RUN_LOOKBACK
+        since = None if newest is None or pd.isna(newest) else newest - DEFAULT_NEW_RUN_LOOKBACK
         known, columns, state = set(value["run_id"]), set(value.columns), self.state
 
         def read():

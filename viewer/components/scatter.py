@@ -8,8 +8,10 @@ import panel as pn
 from bokeh.models import ColumnDataSource, FixedTicker, HoverTool
 from bokeh.plotting import figure
 
+from notebook_exp.store.queries import SUMMARY_COLUMNS
+
 from .common import color_for, format_value, message, preferred_key
-from .parallel_coords import AGGREGATES, metric_values, varying_params
+from .parallel_coords import metric_values, varying_params
 
 __all__ = ["ParamScatter", "param_axis"]
 
@@ -33,7 +35,7 @@ class ParamScatter:
         self.data: dict | None = None
         self.param_name = pn.widgets.Select(label="param (x)", options=[], width=200)
         self.metric = pn.widgets.Select(label="metric (y)", options=[], width=200)
-        self.agg = pn.widgets.Select(label="value", options=list(AGGREGATES), value="last", width=90)
+        self.agg = pn.widgets.Select(label="value", options=list(SUMMARY_COLUMNS), value="last", width=90)
         self.log_x = pn.widgets.Checkbox(label="log x", value=False, width=70)
         self.note = pn.pane.HTML("", css_classes=["nx-scatter-note"])
         self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", height=height, css_classes=["nx-scatter"])

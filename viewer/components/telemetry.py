@@ -25,7 +25,7 @@ TELEMETRY_GROUPS = [
     ("GPU temperature (\u00b0C)", "gpu/", "_c"),
     ("GPU power (W)", "gpu/", "_w"),
 ]
-HEIGHT = 220
+DEFAULT_HEIGHT = 220
 
 
 def group_keys(keys: list[str]) -> dict[str, list[str]]:
@@ -70,7 +70,7 @@ class TelemetryCharts:
             chart = self.charts.get(title)
             if chart is None:
                 css = "nx-gpu-chart" if keys[0].startswith("gpu/") else "nx-sys-chart"
-                chart = MetricChart(self.state, height=HEIGHT, title=title, css_class=css, x="relative")
+                chart = MetricChart(self.state, height=DEFAULT_HEIGHT, title=title, css_class=css, x="relative")
             if chart.keys != keys or chart.run_ids != [self.run_id]:
                 chart.set_series([self.run_id], keys, {self.run_id: "this run"})
             else:

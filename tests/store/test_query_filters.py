@@ -1,11 +1,19 @@
-"""The filter language: parsing, parameterised SQL, and what it selects in a real store."""
+"""Which runs a query reads: the filter language (parsing, parameterised SQL) and ``RunFilter``."""
 
 from __future__ import annotations
 
 import pytest
-from notebook_exp_viewer.filters import FilterError, FilterNames, compile_filter, tokenize
 
+import notebook_exp as nx
 from notebook_exp.exceptions import ConfigError
+from notebook_exp.store.queries import (
+    FilterError,
+    FilterNames,
+    RunFilter,
+    compile_filter,
+    read,
+)
+from notebook_exp.store.queries.filters import tokenize
 
 NAMES = FilterNames(params=["lr", "bs", "opt", "a/b", "my param"], metrics=["loss", "val/loss", "acc"])
 
@@ -84,20 +92,26 @@ def test_user_text_never_reaches_sql():
     assert "my param" not in sql and "/my param" in args
 
 
-def test_filters_select_the_right_runs(state, sample):
-    _path, ids = sample
-    by_id = {v: k for k, v in ids.items()}
+def _ids(where: RunFilter) -> set[str]:
+    clause, args = where.where()
+    return {row[0] for row in read(lambda conn: conn.execute(f"SELECT run_id FROM runs {clause}", args).fetchall())}
 
-    def names(expression: str) -> set[str]:
-        frame = state.list_runs(expression=expression)
-        return {by_id.get(r, r) for r in frame["run_id"]}
 
-    assert names("lr < 0.05") == {"lr-0.01", "lr-0.001"}
-    assert names("lr < 0.05 and bs >= 64") == {"lr-0.001"}
-    assert names("opt = 'adam' and not lr = 0.1") == {"lr-0.01", "lr-0.001"}
-    assert names("status = 'failed'") == {"exploding", "xss"}
-    assert names("loss < 0.1") == {"lr-0.1", "lr-0.01"}
-    assert names("max(loss) >= 1 and min(loss) < 0.8") == {"lr-0.1", "lr-0.01", "lr-0.001"}
-    assert names("lr in (0.1, 5)") == {"lr-0.1", "exploding"}
-    assert names("name = 'x''; DROP TABLE runs; --'") == set()
-    assert len(state.list_runs()) == len(ids)
+def test_run_filter_selects_runs_by_every_field():
+    ids = {}
+    for name, experiment, tags, lr in [("a", "mnist", ["sweep", "best"], 0.1), ("bravo", "mnist", ["sweep"], 0.01),
+                                       ("c", "cifar", [], 0.5)]:
+        with nx.start_run(name, experiment=experiment, tags=tags, params={"lr": lr}) as run:
+            run.log(loss=lr, step=0)
+        ids[name] = run.run_id
+    names = FilterNames(params=["lr"], metrics=["loss"])
+    assert RunFilter().where() == ("", [])
+    assert _ids(RunFilter()) == set(ids.values())
+    assert _ids(RunFilter(experiments=["mnist"])) == {ids["a"], ids["bravo"]}
+    assert _ids(RunFilter(statuses=[])) == set()  # an empty list selects none; None selects all
+    assert _ids(RunFilter(statuses=["completed"], tags=["sweep", "best"])) == {ids["a"]}
+    assert _ids(RunFilter(text="  BRAV ")) == {ids["bravo"]}
+    assert _ids(RunFilter(run_ids=[ids["c"], "nope"])) == {ids["c"]}
+    assert _ids(RunFilter(expression=compile_filter("loss < 0.2 and lr >= 0.1", names))) == {ids["a"]}
+    clause, args = RunFilter(experiments=["x'; DROP TABLE runs; --"], text="DROP").where()
+    assert "DROP" not in clause and args == [["x'; DROP TABLE runs; --"], "drop"]

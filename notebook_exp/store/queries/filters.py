@@ -1,4 +1,4 @@
-"""The runs filter language: a small parser that turns user text into parameterised SQL.
+"""Which runs to read: ``RunFilter``, and the runs filter language that users type.
 
     lr < 0.01 and loss < 0.2
     opt in ('adam', 'sgd') or not (bs >= 64)
@@ -21,20 +21,32 @@ in that order against the names the store actually holds. Names may contain
 ``. / -`` and can be quoted with backticks.
 
 Nothing the user typed ever becomes SQL text: values and names travel as ``?``
-parameters; the SQL is assembled only from the fixed fragments below.
+parameters; the SQL is assembled only from fixed fragments (``fragments``).
+``compile_filter`` turns an expression into a WHERE condition; ``RunFilter``
+joins it with the viewer's other filters (experiments, statuses, tags, text)
+and the callers' own (run ids, created since) into the WHERE clause of a runs
+query (``table.runs_table``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from notebook_exp.exceptions import ConfigError
+from ...exceptions import ConfigError
+from .fragments import (
+    DURATION,
+    IN_LIST,
+    PARAM_NUMBER,
+    PARAM_TEXT,
+    SUMMARY_COLUMNS,
+    json_pointer,
+    summary_value,
+)
 
-from .queries import json_pointer
-
-__all__ = ["FilterError", "FilterNames", "compile_filter", "tokenize"]
+__all__ = ["ALL_RUNS", "FilterError", "FilterNames", "RunFilter", "compile_filter", "tokenize"]
 
 
 class FilterError(ConfigError):
@@ -65,7 +77,6 @@ class FilterNames:
 
 
 KEYWORDS = {"and", "or", "not", "in", "true", "false"}
-AGGREGATES = {"last": "last_value", "min": "min_value", "max": "max_value"}
 RUN_FIELDS = {
     "name": "runs.name",
     "experiment": "runs.experiment",
@@ -73,7 +84,7 @@ RUN_FIELDS = {
     "run_id": "runs.run_id",
 }
 OPERATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": "=", "==": "=", "!=": "<>", "<>": "<>"}
-MAX_LENGTH = 2000
+DEFAULT_MAX_LENGTH = 2000  # characters of an expression
 
 _TOKEN_RE = re.compile(
     r"""
@@ -99,8 +110,8 @@ def _unquote(text: str) -> str:
 
 def tokenize(text: str) -> list[Token]:
     """Split ``text`` into tokens; raises ``FilterError`` at the first bad character."""
-    if len(text) > MAX_LENGTH:
-        raise FilterError(f"filter is too long ({len(text)} characters, at most {MAX_LENGTH})")
+    if len(text) > DEFAULT_MAX_LENGTH:
+        raise FilterError(f"filter is too long ({len(text)} characters, at most {DEFAULT_MAX_LENGTH})")
     tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN_RE.match(text, pos)
@@ -250,11 +261,11 @@ class _Parser:
         if tok.kind != "name":
             self._fail("expected a name or a value")
         self._advance()
-        if tok.value.lower() in AGGREGATES and self._is("lparen"):
+        if tok.value.lower() in SUMMARY_COLUMNS and self._is("lparen"):
             self._advance()
             inner = self._expect("name", "a metric name")
             self._expect("rparen", "')'")
-            return self._metric(inner.value, AGGREGATES[tok.value.lower()], inner.pos)
+            return self._metric(inner.value, tok.value.lower(), inner.pos)
         return self._resolve(tok.value, tok.pos)
 
     # -- names ----------------------------------------------------------------
@@ -263,34 +274,29 @@ class _Parser:
         if name.startswith("params.") and name[7:] in names._params:
             return _param(name[7:])
         if name.startswith("metrics.") and name[8:] in names._metrics:
-            return self._metric(name[8:], "last_value", pos)
+            return self._metric(name[8:], "last", pos)
         if name in names._params:
             return _param(name)
         if name in names._metrics:
-            return self._metric(name, "last_value", pos)
+            return self._metric(name, "last", pos)
         if name in RUN_FIELDS:
             column = RUN_FIELDS[name]
             return Ref(column, f"TRY_CAST({column} AS DOUBLE)", ())
         if name == "duration":
-            sql = "epoch(coalesce(runs.ended_at, ?::TIMESTAMP) - runs.started_at)"
-            return Ref(f"CAST({sql} AS VARCHAR)", sql, (names.now,))
+            return Ref(f"CAST({DURATION} AS VARCHAR)", DURATION, (names.now,))
         raise FilterError(
             f"unknown name {name!r} at position {pos + 1} (not a param, a metric or a run field)"
         )
 
-    def _metric(self, key: str, column: str, pos: int) -> Ref:
+    def _metric(self, key: str, aggregate: str, pos: int) -> Ref:
         if key not in self.names._metrics:
             raise FilterError(f"unknown metric {key!r} at position {pos + 1}")
-        sql = (
-            f"(SELECT ms.{column} FROM metric_summary ms "
-            "WHERE ms.run_id = runs.run_id AND ms.key = ?)"
-        )
+        sql = summary_value(aggregate)
         return Ref(f"CAST({sql} AS VARCHAR)", sql, (key,))
 
 
 def _param(name: str) -> Ref:
-    text = "json_extract_string(runs.params, ?)"
-    return Ref(text, f"TRY_CAST({text} AS DOUBLE)", (json_pointer(name),))
+    return Ref(PARAM_TEXT, PARAM_NUMBER, (json_pointer(name),))
 
 
 def _compare(left, op: str, right) -> tuple[str, list]:
@@ -322,3 +328,55 @@ def compile_filter(text: str, names: FilterNames) -> tuple[str, list]:
     if not text or not text.strip():
         return "", []
     return _Parser(tokenize(text), names).parse()
+
+
+#: What the free-text filter searches: name, experiment, id, tags and params, lower-cased.
+TEXT_FIELDS = ("lower(concat_ws(' ', runs.name, runs.experiment, runs.run_id, "
+               "array_to_string(runs.tags, ' '), CAST(runs.params AS VARCHAR)))")
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a runs query reads; the defaults select every run.
+
+    ``experiments``, ``statuses``: runs in one of these (an empty list selects
+    none); ``tags``: runs carrying all of these; ``text``: a case-insensitive
+    substring of a run's name, experiment, id, tags or params; ``expression``:
+    a compiled filter expression (``compile_filter``); ``run_ids``: only these
+    runs; ``since``: runs created at or after it (UTC).
+    """
+
+    experiments: Sequence[str] | None = None
+    statuses: Sequence[str] | None = None
+    tags: Sequence[str] | None = None
+    text: str = ""
+    expression: tuple[str, list] = ("", [])
+    run_ids: Sequence[str] | None = None
+    since: datetime | None = None
+
+    def where(self) -> tuple[str, list]:
+        """``"WHERE ..."`` (or ``""``) and its arguments, for a query over ``runs``."""
+        clauses, args = [], []
+        for column, values in (("experiment", self.experiments), ("status", self.statuses),
+                               ("run_id", self.run_ids)):
+            if values is not None:
+                clauses.append(f"runs.{column} IN {IN_LIST}")
+                args.append(list(values))
+        if self.tags is not None:
+            clauses.append("list_has_all(coalesce(runs.tags, []), ?::VARCHAR[])")
+            args.append(list(self.tags))
+        text = self.text.strip().lower()
+        if text:
+            clauses.append(f"contains({TEXT_FIELDS}, ?)")
+            args.append(text)
+        if self.since is not None:
+            clauses.append("runs.created_at >= ?::TIMESTAMP")
+            args.append(self.since)
+        sql, expression_args = self.expression
+        if sql:
+            clauses.append(sql)
+            args.extend(expression_args)
+        return ("WHERE " + " AND ".join(f"({c})" for c in clauses)) if clauses else "", args
+
+
+ALL_RUNS = RunFilter()

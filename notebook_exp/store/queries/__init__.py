@@ -1,0 +1,56 @@
+"""The read path: every query that reads the store, with fixed SQL and ``?`` parameters.
+
+``nx.runs``, ``nx.metrics`` and ``nx.sql`` (``runs``, ``metrics``, ``sql``), the
+viewer (``notebook_exp_viewer.state.ViewerState``), the widgets, the CLI and the
+inline table all read through here; nothing else in the package writes read
+SQL (docs/architecture.md §4). Every read attaches the store read-only for one
+short session; values always travel as parameters.
+
+- ``access``: sessions (``read``, ``reader``) and ``sql``.
+- ``fragments``: SQL pieces several queries share (duration, params, summaries).
+- ``filters``: which runs to read (``RunFilter``) and the filter language
+  (``compile_filter``).
+- ``table``: the one runs-table builder (``runs_table``, its layouts) and ``runs``.
+- ``series``: metric points (``metrics``, ``metric_points``), the charts'
+  extents and downsampling, ``ema``.
+- ``detail``: facets, compare, one run's records, the widgets' and CLI's reads.
+"""
+
+from .access import (
+    _store,  # noqa: F401 - nx.runs and scheduler.api resolve a store through it
+    read,
+    reader,
+    sql,
+)
+from .detail import (
+    EMPTY_FACETS,
+    compare_rows,
+    count_runs,
+    demo_summary,
+    facets,
+    last_values,
+    metric_keys,
+    recent_runs,
+    run_media,
+    run_overview,
+)
+from .filters import ALL_RUNS, FilterError, FilterNames, RunFilter, compile_filter
+from .fragments import SUMMARY_COLUMNS, json_pointer
+from .series import X_KINDS, downsample, ema, metric_points, metrics, series_extents
+from .table import (
+    API_LAYOUT,
+    LIST_LAYOUT,
+    RunsLayout,
+    best_goal,
+    empty_runs_table,
+    runs,
+    runs_table,
+)
+
+__all__ = [
+    "ALL_RUNS", "API_LAYOUT", "EMPTY_FACETS", "LIST_LAYOUT", "SUMMARY_COLUMNS", "X_KINDS", "FilterError", "FilterNames",
+    "RunFilter", "RunsLayout", "best_goal", "compare_rows", "compile_filter", "count_runs", "demo_summary",
+    "downsample", "ema", "empty_runs_table", "facets", "json_pointer", "last_values", "metric_keys",
+    "metric_points", "metrics", "read", "reader", "recent_runs", "run_media", "run_overview", "runs",
+    "runs_table", "series_extents", "sql",
+]

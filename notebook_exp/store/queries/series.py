@@ -1,0 +1,228 @@
+"""Metric points: every point of some runs (``nx.metrics``, the viewer's export),
+and the charts' reads: each series' extent from ``metric_summary``, and the points
+of a window downsampled in DuckDB to at most two (min and max) per pixel bucket,
+so spikes survive. ``ema`` smooths what a chart draws.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from .access import _store
+from .fragments import IN_LIST
+
+__all__ = ["X_KINDS", "downsample", "ema", "metric_points", "metrics", "series_extents"]
+
+POINT_COLUMNS = ["run_id", "key", "step", "ts", "value"]
+
+#: Points of some runs (optionally of some keys, optionally with each run's name), by run, key, step.
+POINTS_SQL = """
+SELECT {run_name} m.run_id, m.key, m.step, m.ts, m.value
+FROM metrics m {join_runs}
+WHERE m.run_id IN {ids} {key_filter}
+ORDER BY m.run_id, m.key, m.step
+"""
+RUN_NAME = "r.name AS run_name,"
+JOIN_RUNS = "JOIN runs r ON r.run_id = m.run_id"
+KEY_FILTER = f"AND m.key IN {IN_LIST}"
+
+X_EXPRESSIONS = {
+    # x axis kinds: fixed SQL fragments, chosen by a whitelisted name
+    "step": "m.step",
+    "wall": "epoch_ms(m.ts)",
+    "relative": "(epoch_ms(m.ts) - sel.off) / 1000.0",
+}
+X_KINDS = tuple(X_EXPRESSIONS)
+
+FAST_X = {"step": "m.step", "wall": "epoch_ms(m.ts)"}  # integer x: integer bucket arithmetic
+RAW_RANGES = {
+    # the window as a constant range on the stored column, so DuckDB skips row groups outside it
+    "step": "m.step >= ? AND m.step < ?",
+    "wall": "m.ts >= epoch_ms(?::BIGINT) AND m.ts < epoch_ms(?::BIGINT)",
+    "relative": "m.ts >= epoch_ms(?::BIGINT) AND m.ts < epoch_ms(?::BIGINT)",
+}
+
+# Whole runs on a step or wall-time axis: the common, big case (Compare of many long runs).
+# Runs are grouped by their position in the list (an integer) rather than by id.
+FAST_DOWNSAMPLE_SQL = """
+WITH sel AS (SELECT unnest(?::VARCHAR[]) AS run_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS ri)
+SELECT sel.ri, {key_column}({x} - ?) * ? // ? AS bucket,
+       arg_min({x}, m.value) AS x_lo, min(m.value) AS lo, arg_max({x}, m.value) AS x_hi, max(m.value) AS hi
+FROM metrics m JOIN sel ON m.run_id = sel.run_id
+WHERE {key_filter} AND {raw} AND isfinite(m.value)
+GROUP BY ALL ORDER BY ALL
+"""
+
+# Per-series offsets (relative time) or lower bounds (a live chart's tail): join a small table.
+JOINED_DOWNSAMPLE_SQL = """
+WITH sel AS (
+    SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::VARCHAR[]) AS key,
+           unnest(?::DOUBLE[]) AS off, unnest(?::DOUBLE[]) AS after
+),
+pts AS (
+    SELECT m.run_id, m.key, {x} AS x, m.value, sel.after
+    FROM metrics m JOIN sel ON m.run_id = sel.run_id AND m.key = sel.key
+    WHERE {raw} AND isfinite(m.value)
+)
+SELECT run_id, key, least(floor((x - ?) * ? / ?), ? - 1)::BIGINT AS bucket,
+       arg_min(x, value) AS x_lo, min(value) AS lo, arg_max(x, value) AS x_hi, max(value) AS hi
+FROM pts WHERE x BETWEEN ? AND ? AND x > after
+GROUP BY ALL ORDER BY ALL
+"""
+
+EXTENTS_SQL = f"""
+SELECT s.run_id, s.key, s.first_step, s.last_step, epoch_ms(r.started_at), epoch_ms(s.last_ts)
+FROM metric_summary s JOIN runs r ON r.run_id = s.run_id
+WHERE s.run_id IN {IN_LIST} AND s.key IN {IN_LIST}
+"""
+
+
+# -- every point --------------------------------------------------------------------
+def metric_points(conn, run_ids: list[str], keys: list[str] | None = None, run_names: bool = False):
+    """Every point of these runs (of ``keys``, default all) as a pyarrow Table: run_id,
+    key, step, ts, value (``run_name`` first with ``run_names``), by run, key, step."""
+    sql = POINTS_SQL.format(run_name=RUN_NAME if run_names else "", join_runs=JOIN_RUNS if run_names else "",
+                            ids=IN_LIST, key_filter=KEY_FILTER if keys is not None else "")
+    args = [list(run_ids)] + ([list(keys)] if keys is not None else [])
+    return conn.sql(sql, params=args).to_arrow_table()
+
+
+def _run_ids(run_ids: Any) -> list[str]:
+    if isinstance(run_ids, str):
+        return [run_ids]
+    if hasattr(run_ids, "run_id") and isinstance(run_ids.run_id, str):
+        return [run_ids.run_id]
+    if hasattr(run_ids, "columns") and "run_id" in run_ids.columns:
+        return [str(r) for r in run_ids["run_id"]]
+    out = []
+    for item in run_ids:
+        out.append(item if isinstance(item, str) else item.run_id)
+    return out
+
+
+def metrics(run_ids: Any, keys: str | list[str] | None = None, *, store: str | os.PathLike | None = None):
+    """Metric points (pandas, long form): run_id, key, step, ts, value.
+
+    ``run_ids`` is a run id, a list of them, a runs table, or Run/Job objects.
+    Rows come ordered by run, key, step.
+    """
+    import pandas as pd
+
+    ids = _run_ids(run_ids)
+    target = _store(store)
+    if not ids or not target.path.exists():
+        return pd.DataFrame(columns=POINT_COLUMNS)
+    wanted = None if keys is None else ([keys] if isinstance(keys, str) else list(keys))
+    with target.session(write=False) as conn:  # held for the query only; pandas comes after
+        table = metric_points(conn, ids, wanted)
+    return table.to_pandas()
+
+
+# -- charts -------------------------------------------------------------------------
+def series_extents(conn, run_ids: list[str], keys: list[str], x: str):
+    """Per (run, key): its (first, last) x from ``metric_summary``; and each run's start (epoch ms)."""
+    extents, starts = {}, {}
+    for run_id, key, first, last, start, last_ms in conn.execute(EXTENTS_SQL, [list(run_ids), list(keys)]).fetchall():
+        start = float(start) if start is not None else float(last_ms or 0)
+        starts[run_id] = start
+        if x == "step":
+            extents[(run_id, key)] = (float(first), float(last))
+        elif x == "wall":
+            extents[(run_id, key)] = (start, float(last_ms))
+        else:
+            extents[(run_id, key)] = (0.0, (float(last_ms) - start) / 1000.0)
+    return extents, starts
+
+
+def downsample(conn, pairs, starts, x: str, window: tuple[float, float], width: int, after=None):
+    """Points of each (run, key) in ``pairs`` inside ``window``: min and max per bucket
+    (a pandas frame: run_id, key, x, value).
+
+    The window is cut into ``width`` buckets; each bucket contributes its
+    lowest and highest point (one point when it holds one), so at most
+    ``2 * width`` points come back per run and key, and a spike always does.
+    ``after`` maps a pair to an x its points must exceed (a live chart's tail).
+    """
+    if not pairs:
+        return _bucket_points(None)
+    if x in FAST_X and not after:
+        return _fast_downsample(conn, pairs, x, window, width)
+    x0, x1 = window
+    after = after or {}
+    lows = [after.get(pair, -math.inf) for pair in pairs]
+    offs = [starts.get(run_id, 0.0) for run_id, _key in pairs]
+    sql = JOINED_DOWNSAMPLE_SQL.format(x=X_EXPRESSIONS[x], raw=RAW_RANGES[x])
+    args = [[p[0] for p in pairs], [p[1] for p in pairs], offs, lows, *_raw_range(x, x0, x1, lows, offs),
+            x0, float(width), max(x1 - x0, 1e-9), float(width), x0, x1]
+    return _bucket_points(conn.execute(sql, args).fetchnumpy())
+
+
+def _fast_downsample(conn, pairs, x: str, window: tuple[float, float], width: int):
+    import numpy as np
+
+    run_ids = sorted({p[0] for p in pairs})
+    keys = sorted({p[1] for p in pairs})
+    lo, hi = int(math.floor(window[0])), int(math.floor(window[1]))
+    one_key = len(keys) == 1
+    sql = FAST_DOWNSAMPLE_SQL.format(
+        x=FAST_X[x], raw=RAW_RANGES[x],
+        key_column="" if one_key else "m.key, ",
+        key_filter="m.key = ?" if one_key else f"m.key IN {IN_LIST}",
+    )
+    args = [run_ids, run_ids, lo, width, hi - lo + 1, keys[0] if one_key else keys, lo, hi + 1]
+    columns = conn.execute(sql, args).fetchnumpy()
+    columns["run_id"] = np.asarray(run_ids, dtype=object)[np.asarray(columns["ri"], dtype=np.int64)]
+    if one_key:
+        columns["key"] = np.full(len(columns["run_id"]), keys[0], dtype=object)
+    return _bucket_points(columns)
+
+
+def _raw_range(x: str, x0: float, x1: float, lows: list[float], offs: list[float]) -> list:
+    """The window as [lo, hi) on the stored column (step, or ts in epoch ms)."""
+    if x == "relative":
+        lo = min(off + max(x0, low) * 1000.0 for off, low in zip(offs, lows, strict=True))
+        hi = max(off + x1 * 1000.0 for off in offs)
+    else:
+        lo, hi = max(x0, min(lows)), x1
+    return [int(math.floor(lo)), int(math.floor(hi)) + 1]
+
+
+def _bucket_points(columns):
+    """Two points per bucket (its min and max, in x order; one when they coincide).
+
+    ``columns`` holds run_id, key, x_lo, lo, x_hi, hi, ordered by run, key and bucket.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if columns is None or not len(columns["run_id"]):
+        return pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []})
+    x_lo, x_hi = np.asarray(columns["x_lo"]), np.asarray(columns["x_hi"])
+    lo, hi = np.asarray(columns["lo"], dtype="float64"), np.asarray(columns["hi"], dtype="float64")
+    first = x_lo <= x_hi
+    xs = np.column_stack([np.where(first, x_lo, x_hi), np.where(first, x_hi, x_lo)])
+    values = np.column_stack([np.where(first, lo, hi), np.where(first, hi, lo)])
+    keep = np.column_stack([np.ones(len(first), bool), x_lo != x_hi]).ravel()
+    run_ids = np.repeat(np.asarray(columns["run_id"], dtype=object), 2)[keep]
+    keys = np.repeat(np.asarray(columns["key"], dtype=object), 2)[keep]
+    return pd.DataFrame({
+        "run_id": pd.Series(run_ids, dtype=object), "key": pd.Series(keys, dtype=object),
+        "x": xs.ravel()[keep], "value": values.ravel()[keep],
+    })
+
+
+def ema(values, weight: float):
+    """Debiased exponential moving average (TensorBoard's smoothing) of a numpy array,
+    for every chart that smooths (``RunsTable.plot``, the viewer); non-finite points
+    are skipped and stay NaN. ``weight`` 0 returns the values unchanged."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(values, dtype="float64")
+    if weight <= 0 or len(values) == 0:
+        return values
+    finite = np.isfinite(values)
+    smooth = pd.Series(np.where(finite, values, np.nan)).ewm(alpha=1 - weight, adjust=True, ignore_na=True).mean()
+    return np.where(finite, smooth.to_numpy(), np.nan)
