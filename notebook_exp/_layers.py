@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("collectors", ("notebook_exp.collectors",)),
     ("tracking", ("notebook_exp.tracking",)),
     ("scheduler", ("notebook_exp.scheduler",)),
+    ("integrations", ("notebook_exp.integrations",)),
     ("viewer", ("notebook_exp_viewer",)),
     # the front door, magics, widgets, cli, the testing fakes: everything else of the package
     ("notebook", ("notebook_exp",)),
