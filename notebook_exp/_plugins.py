@@ -131,7 +131,11 @@ class Plugin:
         """``MissingDependency`` (with the install line) if a library is missing."""
         missing = cls.missing_libraries()
         if missing:
-            raise MissingDependency(", ".join(missing), cls.extra or cls.name)
+            if cls.extra:
+                raise MissingDependency(", ".join(missing), cls.extra)
+            exc = MissingDependency(", ".join(missing), "")
+            exc.args = (f"{', '.join(missing)} is not installed; install it with: pip install {' '.join(missing)}",)
+            raise exc
 
 
 class PluginInfo(BaseModel):

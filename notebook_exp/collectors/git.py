@@ -1,4 +1,4 @@
-"""``git_info``: the commit a run's code came from.
+"""``GitCollector`` and ``git_info``: the commit a run's code came from (``runs.git``).
 
 Read from the repository that holds the working directory: commit, branch,
 whether tracked files have uncommitted changes, and the ``origin`` remote
@@ -7,6 +7,7 @@ with any credentials removed. Three git commands with one deadline
 repository's fsmonitor hook is not run. The answer is cached per folder for
 ``CACHE_SECONDS`` so a sweep of short runs does not run git for each one.
 Anything that goes wrong gives ``None``: a run never fails for git's sake.
+The collector records nothing while the ``capture_git`` setting is off.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["git_info"]
+from .base import Collector, RunContext
+
+__all__ = ["GitCollector", "git_info"]
 
 log = logging.getLogger("notebook_exp.collectors")
 
@@ -29,6 +33,18 @@ DEADLINE = 3.0  # seconds for all git commands of one reading: a huge or remote-
 
 _cache: dict[Path, tuple[float, dict | None]] = {}
 _cache_lock = threading.Lock()
+
+
+class GitCollector(Collector):
+    """The commit, branch and dirty state of the working directory's repository."""
+
+    capabilities = ("git",)
+
+    def collect(self, context: RunContext) -> dict[str, Any]:
+        if not context.settings.capture_git:
+            return {}
+        info = git_info()
+        return {"git": info} if info else {}
 
 
 def git_info(path: str | os.PathLike | None = None) -> dict | None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Hashable
 
 from ..config import Settings
 from ..exceptions import ConfigError, GpuUnavailable
+from .base import Collector
 
 __all__ = ["GpuCollector"]
 
@@ -30,13 +32,24 @@ _READINGS = (
 )
 
 
-class GpuCollector:
+class GpuCollector(Collector):
     """Reads GPUs by physical id; a GPU that cannot be read is skipped (logged once)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    sampled = True
+    capabilities = ("telemetry",)
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
         self._inventory = None
         self._failed: set[int] = set()
+
+    @classmethod
+    def key(cls, settings: Settings) -> Hashable:
+        return (settings.fake_gpus, tuple(settings.reserved_gpus))  # what picks the GPUs it detects
+
+    def read(self, run) -> dict[str, float]:
+        """The readings of ``run``'s GPUs, through the inventory they were leased from."""
+        return self.sample(list(run.gpus), run.gpu_inventory) if run.gpus else {}
 
     def inventory(self):
         """The inventory detected from this collector's settings (made on first use)."""

@@ -12,6 +12,7 @@ Readings (``sys/`` metrics):
 Child processes that are runs of their own (the process executor's, see
 :func:`separate`) are left out with everything they start: they sample
 themselves. The CPU readings need a previous sample, so the first has none.
+One instance per process (it is ``shared``): its reading serves every run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+
+from ..config import Settings
+from .base import Collector
 
 __all__ = ["SystemCollector", "rejoin", "separate"]
 
@@ -38,14 +42,23 @@ def rejoin(pid: int) -> None:
         _separate.discard(pid)
 
 
-class SystemCollector:
+class SystemCollector(Collector):
     """Samples this process (and its children) and the machine with psutil."""
 
-    def __init__(self) -> None:
+    sampled = True
+    shared = True
+    libraries = ("psutil",)
+    capabilities = ("telemetry",)
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
         import psutil
 
         self._psutil = psutil
         self._previous: tuple[float, dict[int, float], float, float] | None = None  # wall, cpu by pid, busy, total
+
+    def read(self, run) -> dict[str, float]:
+        return self.sample()
 
     def sample(self) -> dict[str, float]:
         """One reading of every ``sys/`` metric this machine reports."""

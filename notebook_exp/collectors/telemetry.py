@@ -1,4 +1,4 @@
-"""``TelemetrySampler``: the thread that logs system and GPU readings to running runs.
+"""``TelemetrySampler``: the thread that logs the readings of sampled collectors to running runs.
 
 One per process. ``watch(run)`` adds a run; its first sample is due
 ``FIRST_SAMPLE`` seconds later, then one every ``telemetry_interval`` seconds
@@ -9,9 +9,13 @@ drains trivial runs (240 -> 92 runs/s, measured) and slowed GPU hand-offs. A
 run that lasted ``FIRST_SAMPLE`` seconds always has a sample: if the sampler
 has not got to it yet, ``unwatch`` takes one.
 
-One reading of the process serves every run it holds (thread runs share the
-kernel's process) for up to ``MIN_GAP`` seconds; each run also gets the
-readings of its own GPUs. A reading that fails is skipped for that run, with
+The collectors are those of the run's ``collectors`` (``registry.RunCollectors``:
+the sampled ones of the ``collectors`` setting, in start order; built in:
+``system``, ``gpu``). A ``shared`` collector's reading (``system``: the
+process) serves every run the process holds (thread runs share the kernel's
+process) for up to ``MIN_GAP`` seconds; the others are read per run (``gpu``:
+the run's own GPUs). A collector that cannot be made or whose reading raises is
+skipped for the rest of that run, with one ``collector_failed`` event in it and
 one warning per process.
 """
 
@@ -23,8 +27,7 @@ import time
 
 from .._threads import Ticking
 from ..store._gil import quick_gil_handoff
-from .gpu import GpuCollector
-from .system import SystemCollector
+from .registry import instance
 
 __all__ = ["FIRST_SAMPLE", "TelemetrySampler", "sampler"]
 
@@ -50,15 +53,14 @@ class TelemetrySampler(Ticking):
         self._due: dict[str, float] = {}  # run_id -> monotonic time of its next sample
         self._unsampled: dict[str, float] = {}  # run_id -> when it was watched
         self._sample_lock = threading.Lock()
-        self._system: SystemCollector | None = None
-        self._gpus: dict[tuple, GpuCollector] = {}  # by the settings that pick the GPUs
-        self._cached: tuple[float, dict[str, float]] | None = None
-        self._warned = False
+        self._cached: dict[int, tuple[float, dict[str, float]]] = {}  # id(shared collector) -> (when, reading)
 
     def watch(self, run) -> None:
-        """Sample ``run`` from now until :meth:`unwatch` (no-op when its settings turn telemetry off)."""
+        """Sample ``run`` from now until :meth:`unwatch` (no-op when its settings turn telemetry
+        off or it has no sampled collector)."""
         interval = run.settings.telemetry_interval
-        if not interval:
+        collectors = getattr(run, "collectors", None)
+        if not interval or collectors is None or not collectors.sampled():
             return
         now = time.monotonic()
         with self._lock:
@@ -114,29 +116,33 @@ class TelemetrySampler(Ticking):
                     self._unsampled.pop(run.run_id, None)
 
     def _readings(self, run, interval: float) -> dict[str, float]:
-        """The process's readings (shared by its runs for up to ``MIN_GAP`` seconds) and
-        those of ``run``'s GPUs; ``{}`` if they cannot be read (warned about once)."""
-        try:
-            with self._sample_lock, quick_gil_handoff():  # psutil's many calls each wait for the GIL
-                now = time.monotonic()
-                if self._cached is None or now - self._cached[0] >= min(MIN_GAP, interval):
-                    if self._system is None:
-                        self._system = SystemCollector()
-                    self._cached = (now, self._system.sample())
-                process = self._cached[1]
-                gpus = self._gpu_collector(run.settings).sample(list(run.gpus), run.gpu_inventory) if run.gpus else {}
-            return {**process, **gpus}
-        except Exception:  # noqa: BLE001 - telemetry must never take a run down
-            if not self._warned:
-                self._warned = True
-                log.warning("telemetry could not be read; runs go on without it", exc_info=True)
-            return {}
+        """The readings of ``run``'s sampled collectors: a shared one's are the process's,
+        taken at most every ``MIN_GAP`` seconds; a collector that fails is noted in the
+        run and skipped for the rest of it."""
+        collectors = run.collectors
+        values: dict[str, float] = {}
+        with self._sample_lock, quick_gil_handoff():  # psutil's many calls each wait for the GIL
+            for entry in collectors.sampled():
+                try:
+                    collector = instance(entry, run.settings)
+                    if entry.cls.shared:
+                        now = time.monotonic()
+                        cached = self._cached.get(id(collector))
+                        if cached is None or now - cached[0] >= min(MIN_GAP, interval):
+                            cached = self._cached[id(collector)] = (now, _floats(collector.read(run)))
+                        reading = cached[1]
+                    else:
+                        reading = _floats(collector.read(run))
+                except Exception as exc:  # noqa: BLE001 - telemetry must never take a run down
+                    collectors.fail(entry.name, exc)
+                    continue
+                values.update(reading)
+        return values
 
-    def _gpu_collector(self, settings) -> GpuCollector:
-        key = (settings.fake_gpus, tuple(settings.reserved_gpus))
-        if key not in self._gpus:
-            self._gpus[key] = GpuCollector(settings)
-        return self._gpus[key]
+
+def _floats(reading) -> dict[str, float]:
+    """A reading as metric key -> float; ``TypeError``/``ValueError`` for anything else."""
+    return {key if key.__class__ is str else str(key): float(value) for key, value in reading.items()}
 
 
 sampler = TelemetrySampler()

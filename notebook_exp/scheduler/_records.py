@@ -21,12 +21,15 @@ class JobRecords:
         self.store = store
         self.records = store.records
 
-    def queued(self, job: Job, git: dict | None = None) -> None:
-        """The run's row, status ``queued`` (``git``: where its code came from), and its ``queued`` event."""
-        spec = job.spec
+    def queued(self, job: Job, fields: dict | None = None, info: dict | None = None) -> None:
+        """The run's row, status ``queued``, and its ``queued`` event. ``fields`` and
+        ``info``: what its collectors recorded (``RunCollectors.collect``); the source
+        given with the submission is kept when no collector gives one."""
+        spec, fields = job.spec, fields or {}
         self.records.queued(
             job.run_id, experiment=job.experiment, name=job.name, params=spec.params, tags=spec.tags,
-            executor=spec.executor, priority=spec.priority, source=spec.source, spec=spec.describe(), git=git,
+            executor=spec.executor, priority=spec.priority, source=fields.get("source", spec.source),
+            spec=spec.describe(), git=fields.get("git"), info=info,
             detail=f"priority {spec.priority}" + (f", after {', '.join(spec.after)}" if spec.after else ""),
         )
 

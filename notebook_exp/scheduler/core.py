@@ -29,7 +29,8 @@ import threading
 import time
 from typing import Any
 
-from ..collectors.git import git_info
+from ..collectors.base import RunContext
+from ..collectors.registry import RunCollectors
 from ..config import Settings, get_settings
 from ..exceptions import ConfigError, MissingDependency
 from ..models import RunStatus
@@ -135,18 +136,27 @@ class Scheduler(DispatchLoop):
             check_sinks_picklable(spec.sinks)
         self.store.ensure(timeout=0)  # a held store: the run is queued anyway, its rows wait in the writer
         self._check_dependencies(spec)
-        git = git_info() if self.settings.capture_git else None  # cached: a sweep runs git once
+        job = Job(spec, new_run_id(), self, next(self._seq))
+        if job.run_id in spec.after:
+            raise ConfigError("a run cannot wait for itself")
+        collectors, fields, info = self._collect(job)
         with self._cond:
-            job = Job(spec, new_run_id(), self, next(self._seq))
-            for dep in spec.after:
-                if dep == job.run_id:
-                    raise ConfigError("a run cannot wait for itself")
             self._jobs[job.run_id] = job
-            self.records.queued(job, git)
+            self.records.queued(job, fields, info)
             self.records.payload(job)
             heapq.heappush(self._heap, (-spec.priority, job.seq, job))
             self._cond.notify_all()
+        collectors.report()
         return job
+
+    def _collect(self, job: Job) -> tuple[RunCollectors, dict, dict]:
+        """What the job's collectors record at submission (git, environment, source: cached,
+        so a sweep runs git once); a collector that fails is noted, never raised."""
+        collectors = RunCollectors(job.run_id, self.settings, self.store.records)
+        context = RunContext(job.run_id, job.name, job.experiment, self.settings, fn=job.spec.fn,
+                             source=job.spec.source, scheduled=True)
+        fields, info = collectors.collect(context)
+        return collectors, fields, info
 
     def _check_dependencies(self, spec: ExperimentSpec) -> None:
         """``ConfigError`` for an ``after`` id that is neither a job here nor a run in the

@@ -29,6 +29,15 @@ logged and never replace the run's own outcome.
 Backpressure: a sink may hold at most ``max_pending_rows`` points in its queue
 (``None``: no bound). Past that, new batches are dropped for that sink, counted,
 and reported when the run ends. Only ``log_metrics`` is required.
+
+Settings (``SinkSettings``, which a sink's own ``Settings`` model extends) decide
+what reaches it and how it is called, on its worker thread, never in
+``run.log``: ``include``/``exclude`` key globs and ``telemetry`` (routing),
+``processors``, ``rate``/``burst`` (a rate limit; queued metric batches are
+merged into one call), ``breaker_failures``/``breaker_cooldown`` (a circuit
+breaker instead of being disabled: its failed call is held and probed until it
+succeeds) and ``process`` (run it in the sink host process, off the training
+process's GIL). See ``docs/plugins.md`` and ``sinks.dispatch``.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ def _insert(conn, run_id: str, created_at, row: dict[str, Any]) -> None:
                  [run_id, created_at, *row.values()])
 
 
+def _collected(git: dict | None, source: str | None, info: dict | None) -> dict[str, Any]:
+    """The ``runs`` columns of what a run's collectors recorded."""
+    return {"git": json.dumps(git) if git else None, "source": source, "info": json.dumps(info) if info else None}
+
+
 def start_existing(conn, run_id: str, row: dict[str, Any], now, columns: dict | None) -> None:
     """Start a run the store may already hold (queued by a scheduler, which wrote its
     name, params and tags): update only what starting changes; insert if it is new."""
@@ -71,10 +76,13 @@ class RunRecords:
         return self.store.writer  # the store restarts its writer if it was stopped
 
     # -- the control plane ----------------------------------------------------------
-    def started(self, run_id: str, row: dict[str, Any], now, *, existing: bool, columns: dict | None = None) -> None:
+    def started(self, run_id: str, row: dict[str, Any], now, *, existing: bool, columns: dict | None = None,
+                git: dict | None = None, source: str | None = None, info: dict | None = None) -> None:
         """The run is running in this process: its row (``row``: column -> value) and a
-        ``running`` event. ``existing``: the store may hold the row already (queued)."""
-        row = {**row, "host": HOST, "pid": os.getpid(), "pid_started": pid_started()}
+        ``running`` event. ``existing``: the store may hold the row already (queued: then
+        only what starting changes is written). ``git``, ``source`` and ``info`` are what
+        its collectors recorded (``runs.git``, ``runs.source``, ``runs.info``)."""
+        row = {**row, "host": HOST, "pid": os.getpid(), "pid_started": pid_started(), **_collected(git, source, info)}
         if existing:
             self._writer.submit_call(start_existing, run_id, row, now, columns)
         else:
@@ -82,14 +90,18 @@ class RunRecords:
         self._writer.event(run_id, RunStatus.RUNNING.value)
 
     def queued(self, run_id: str, *, experiment: str, name: str, params: dict, tags: list[str], executor: str,
-               priority: int, source: str | None, spec: dict, git: dict | None, detail: str) -> None:
-        """A scheduled run's row, status ``queued``, and its ``queued`` event."""
+               priority: int, source: str | None, spec: dict, git: dict | None, detail: str,
+               info: dict | None = None) -> None:
+        """A scheduled run's row, status ``queued``, and its ``queued`` event (``git``,
+        ``source`` and ``info``: what its collectors recorded at submission)."""
+        collected = _collected(git, source, info)
         self._writer.submit(
             """INSERT INTO runs (run_id, experiment, name, status, params, tags, created_at, host, pid,
-                                 pid_started, executor, priority, attempts, source, spec, git)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)""",
-            [run_id, experiment, name, RunStatus.QUEUED.value, json.dumps(params), tags, utcnow(), HOST, os.getpid(), pid_started(),
-             executor, priority, source, json.dumps(spec), json.dumps(git) if git else None],
+                                 pid_started, executor, priority, attempts, source, spec, git, info)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)""",
+            [run_id, experiment, name, RunStatus.QUEUED.value, json.dumps(params), tags, utcnow(), HOST, os.getpid(),
+             pid_started(), executor, priority, collected["source"], json.dumps(spec), collected["git"],
+             collected["info"]],
         )
         self.event(run_id, RunStatus.QUEUED.value, detail)
 

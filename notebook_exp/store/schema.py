@@ -3,7 +3,9 @@
 Timestamps are UTC. ``metrics`` rows are inserted sorted by run, key, step in
 each flush so one run's points sit together on disk; ``metric_summary`` keeps
 per run and key the count, first/last step, last value and finite min/max so
-listing runs never scans ``metrics``.
+listing runs never scans ``metrics``. ``runs.info`` holds what the run's
+collectors recorded once, by field (``environment``, ``notebook``, ...); git
+state and source code have columns of their own (``runs.git``, ``runs.source``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     dropped BIGINT DEFAULT 0,
     spilled BIGINT DEFAULT 0,
     spec JSON,
-    git JSON
+    git JSON,
+    info JSON
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
@@ -95,6 +98,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
 MIGRATIONS = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS git JSON;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS spilled BIGINT DEFAULT 0;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS info JSON;
 """
 
 # __batch arrives grouped by run and key, steps ascending (store.batches sorts).

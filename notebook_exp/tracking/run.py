@@ -23,7 +23,8 @@ from typing import Any
 
 from .. import _exit
 from ..collectors import is_telemetry, telemetry
-from ..collectors.git import git_info
+from ..collectors.base import RunContext
+from ..collectors.registry import RunCollectors
 from ..config import Settings, get_settings
 from ..exceptions import (
     ConfigError,
@@ -141,6 +142,8 @@ class Run:
         self.device = "cpu"
         #: The GPU inventory ``gpus`` were leased from (the scheduler's), for telemetry.
         self.gpu_inventory = None
+        #: The run's collectors (``collectors.registry.RunCollectors``); set by ``start_run``.
+        self.collectors: RunCollectors | None = None
 
     # -- identity -----------------------------------------------------------
     @property
@@ -516,9 +519,14 @@ def start_run(
         "experiment": experiment, "name": name, "status": RunStatus.RUNNING.value, "params": json.dumps(params),
         "tags": tags, "started_at": now, "error": None, "ended_at": None, **(columns or {}),
     }
-    if not existing and settings.capture_git:  # a queued run got its git state when it was submitted
-        row["git"] = _as_json(git_info())
-    store_obj.records.started(run_id, row, now, existing=existing, columns=columns)
+    # a queued run's collectors recorded when it was submitted; here only the sampled ones start
+    run.collectors = RunCollectors(run_id, settings, store_obj.records, created=not existing)
+    fields, info_fields = {}, None
+    if not existing:
+        fields, info_fields = run.collectors.collect(RunContext(run_id, name, experiment, settings))
+    store_obj.records.started(run_id, row, now, existing=existing, columns=columns, git=fields.get("git"),
+                              source=fields.get("source"), info=info_fields)
+    run.collectors.report()
     try:
         run._dispatcher.start()
     except Exception as exc:
@@ -552,10 +560,6 @@ def _warn_held(store, run_id: str) -> None:
         "until the file is free (a reader that keeps the file open blocks writers)",
         RuntimeWarning, stacklevel=3,
     )
-
-
-def _as_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
 
 
 _live: dict[str, Run] = {}
