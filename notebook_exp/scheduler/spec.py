@@ -129,6 +129,7 @@ def check_sinks(sinks: list | None, runs: int = 1, retries: int = 0) -> None:
 
     for sink in sinks or ():
         kind = registry.kind(sink)
+        registry.check(sink)  # an unknown name, a missing library, a bad option: before anything is queued
         if kind == "factory":
             _check_factory(sink)
         elif kind == "instance" and (runs > 1 or retries > 0):

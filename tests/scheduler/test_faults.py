@@ -9,7 +9,7 @@ import pytest
 
 import notebook_exp as nx
 from notebook_exp.config import get_settings
-from notebook_exp.exceptions import ConfigError
+from notebook_exp.exceptions import ConfigError, SinkError
 from notebook_exp.inventory import FakeGpuBackend, GpuInventory
 from notebook_exp.models import RunStatus
 from notebook_exp.scheduler.core import Scheduler, get_scheduler
@@ -123,12 +123,31 @@ def test_a_live_run_of_this_process_is_a_known_dependency(store_path):
     assert job.result(timeout=30) == "next"
 
 
-def test_a_process_run_whose_sink_cannot_load_is_failed_not_left_queued(store_path, read_only):
-    job = nx.submit(lambda run: None, executor="process", sinks=["no-such-sink"])
-    assert job.wait(60) == RunStatus.FAILED
-    assert "SinkError" in job.error and "unknown sink 'no-such-sink'" in job.error
+def test_a_process_run_whose_sink_cannot_load_is_failed_not_left_queued(store_path, read_only, tmp_path,
+                                                                        monkeypatch):
+    """A sink installed where the kernel runs but not where the child does (here: on this
+    process's sys.path only) fails the run in the child, honestly."""
+    from notebook_exp import _plugins
+
+    dist = tmp_path / "parentonly-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: parentonly\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[notebook_exp.sinks]\nparent-only = parent_only_sink:ParentOnly\n")
+    (tmp_path / "parent_only_sink.py").write_text(
+        "from notebook_exp.testing import MemorySink\nclass ParentOnly(MemorySink):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _plugins.reset()
+    try:
+        job = nx.submit(lambda run: None, executor="process", sinks=["parent-only"])
+        assert job.wait(60) == RunStatus.FAILED
+    finally:
+        monkeypatch.undo()
+        _plugins.reset()
+    assert "SinkError" in job.error and "unknown sink 'parent-only'" in job.error
     status, error = stored(store_path, read_only, job.run_id)
-    assert status == "failed" and "unknown sink 'no-such-sink'" in error
+    assert status == "failed" and "unknown sink 'parent-only'" in error
+    with pytest.raises(SinkError, match="unknown sink 'no-such-sink'"):  # unknown here too: refused at once
+        nx.submit(lambda run: None, executor="process", sinks=["no-such-sink"])
 
 
 def test_children_that_die_are_failed_as_lost_with_their_stderr(store_path, read_only, tmp_path, monkeypatch):

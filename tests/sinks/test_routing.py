@@ -153,3 +153,10 @@ def test_every_keeps_one_point_per_window_across_batches():
     assert [s for _k, s, _t, _v in second] == [20, 30]
     by_time = Every(seconds=2.5).process(_batch([("k", s, s * 1.0, 0.0) for s in range(10)]))
     assert [t for _k, _s, t, _v in by_time] == [0.0, 3.0, 5.0, 8.0]
+
+
+def test_bad_sink_options_are_refused_at_submit_before_anything_is_queued(use_settings):
+    use_settings()
+    with pytest.raises(ConfigError, match=r"plugin 'jsonl': setting 'include'"):
+        nx.submit(lambda run: None, sinks=[("jsonl", {"include": 5})])
+    assert nx.runs().empty
