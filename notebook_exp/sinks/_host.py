@@ -103,7 +103,7 @@ class SinkHost:
             raise SinkHostDied(f"the sink host cannot be reached: {exc!r}") from None
         slot[0].wait()
         for category, message in slot[3]:  # what the sink warned about there, warned about here
-            warnings.warn(message, getattr(builtins, category, UserWarning), stacklevel=3)
+            warnings.warn(message, _category(category), stacklevel=3)
         if not slot[1]:
             raise SinkError(slot[2])
         return slot[2]
@@ -146,6 +146,17 @@ class SinkHost:
             self._in.close()
         except OSError:
             pass
+
+
+def _category(name: str) -> type[Warning]:
+    """A warning class by name: a builtin one, else the builtin it is named after."""
+    found = getattr(builtins, name, None)
+    if isinstance(found, type) and issubclass(found, Warning):
+        return found
+    for base in (DeprecationWarning, FutureWarning, RuntimeWarning):
+        if name.endswith(base.__name__):
+            return base
+    return UserWarning
 
 
 _host: SinkHost | None = None
