@@ -1,6 +1,6 @@
 """Sinks: the training thread's cost with 0, 1 and 3 extra sinks, and the points/s each sink sustains.
 
-1. A real loop (numpy work, then ``run.log`` of 10 metrics per step) runs with the
+1. A real loop (numpy work; ``run.log`` of 10 metrics every ``--every`` steps) runs with the
    duckdb sink alone, then with 1 and 3 extra sinks. Extra sinks run on their own
    worker threads, which share the GIL with the loop: the figure is the whole
    loop's time per step, not only the ``run.log`` call. Configurations are
@@ -28,16 +28,17 @@ from array import array
 from pathlib import Path
 
 
-def loop(run, steps: int, work) -> float:
-    """Seconds per step of a loop doing ``work()`` then logging 10 metrics."""
+def loop(run, steps: int, work, every: int) -> float:
+    """Seconds per step of a loop doing ``work()``, logging 10 metrics every ``every`` steps."""
     started = time.perf_counter()
     for i in range(steps):
         loss = work()
-        run.log(step=i, loss=loss, a=0.1, b=0.2, c=0.3, d=0.4, e=0.5, f=0.6, g=0.7, h=0.8, lr=1e-3)
+        if i % every == 0:
+            run.log(step=i, loss=loss, a=0.1, b=0.2, c=0.3, d=0.4, e=0.5, f=0.6, g=0.7, h=0.8, lr=1e-3)
     return (time.perf_counter() - started) / steps
 
 
-def training_thread(rounds: int, steps: int, extra: list[str], size: int) -> None:
+def training_thread(rounds: int, steps: int, extra: list[str], size: int, every: int) -> None:
     import numpy as np
 
     import notebook_exp as nx
@@ -56,7 +57,7 @@ def training_thread(rounds: int, steps: int, extra: list[str], size: int) -> Non
         for name in names[r % len(names):] + names[:r % len(names)]:  # each goes first in turn
             sinks = configs[name]
             with nx.start_run(f"loop-{r}", experiment="bench-sinks", sinks=sinks) as run:
-                per_step = loop(run, steps, work)
+                per_step = loop(run, steps, work, every)
                 started = time.perf_counter()
                 for i in range(steps):  # the call alone, same run
                     run.log(step=steps + i, loss=0.5, a=0.1, b=0.2, c=0.3, d=0.4, e=0.5, f=0.6, g=0.7, h=0.8,
@@ -111,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2000, help="loop steps per run")
+    parser.add_argument("--every", type=int, default=5, help="log 10 metrics every N steps of the loop")
     parser.add_argument("--size", type=int, default=200, help="the loop's work: a SIZE x SIZE matmul per step")
     parser.add_argument("--extra", default="jsonl,tensorboard,mlflow", help="the extra sinks, in order")
     parser.add_argument("--throughput", default="duckdb,jsonl,tensorboard,mlflow,wandb",
@@ -127,7 +129,8 @@ def main() -> None:
             for name in ("TENSORBOARD", "MLFLOW", "WANDB"):
                 os.environ[f"NOTEBOOK_EXP_{name}_PROCESS"] = "false"
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
-        training_thread(args.rounds, args.steps, [s for s in args.extra.split(",") if s], args.size)
+        training_thread(args.rounds, args.steps, [s for s in args.extra.split(",") if s], args.size,
+                        args.every)
         for name in [s for s in args.throughput.split(",") if s]:
             sink_throughput(name, args.batches, Path(folder) / "bench.duckdb")
 
