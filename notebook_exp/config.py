@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     capture_git: bool = Field(
         True, description="Record the git commit, branch and dirty state of the working directory with each run."
     )
+    capture_tensorboard: bool = Field(
+        False,
+        description=(
+            "Capture the torch.utils.tensorboard SummaryWriter calls (add_scalar, add_histogram, add_image, "
+            "add_text, add_hparams, ...) each run's thread makes into the run, for runs started without "
+            "capture=; the writer still writes its own event files."
+        ),
+    )
 
     @field_validator("processors", mode="before")
     @classmethod

@@ -79,6 +79,10 @@ class ExperimentMagics(Magics):
     @argument("--tag", action="append", default=[], help="a tag (repeatable)")
     @argument("--after", action="append", default=[], metavar="RUN_ID", help="start after this run completed")
     @argument("--wait", action="store_true", help="block until the runs end (interrupt cancels them)")
+    @argument("--capture", action="append", default=[], metavar="FRAMEWORK",
+              help="capture a framework's logging calls into the run (tensorboard: SummaryWriter)")
+    @argument("--resume", metavar="RUN_ID", default=None,
+              help="continue this stored run: steps go on after its last ones, params merge")
     @cell_magic
     def experiment(self, line: str, cell: str):
         """Run this cell in the background as a tracked experiment; the cell returns at once
@@ -96,6 +100,8 @@ class ExperimentMagics(Magics):
             %%experiment lr-sweep --grid lr=1e-3,1e-4 --grid bs=32,64 --gpus 1
             %%experiment --executor process --timeout 600 --retries 2 --tag nightly
             %%experiment finetune --after 3f2a9c0d11e84b7a --wait
+            %%experiment --capture tensorboard
+            %%experiment --resume 3f2a9c0d11e84b7a -p epochs=20
 
         Thread runs (the default) see the notebook's variables; process runs get copies
         of the ones the cell uses. Bad arguments queue nothing.
@@ -107,6 +113,8 @@ class ExperimentMagics(Magics):
         params = {k: _literal(v) for k, v in params.items()}
         grid = dict(parse_grid(g) for g in args.grid)
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+        if args.resume and len(combos) > 1:
+            raise UsageError("--resume continues one run; it cannot be combined with --grid")
         jobs = self._submit(args, cell, params, combos)
         from IPython.display import display
 
@@ -135,6 +143,7 @@ class ExperimentMagics(Magics):
                     fn=fn, params={**params, **combo}, experiment=args.experiment,
                     name=_name(args.name, combo), gpus=args.gpus, priority=args.priority, retries=args.retries,
                     timeout=args.timeout, executor=args.executor, tags=args.tag, after=args.after, source=cell,
+                    capture=args.capture or None, resume=args.resume,
                 )
                 for combo in combos
             ]

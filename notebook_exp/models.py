@@ -73,6 +73,9 @@ class RunInfo:
     started_at: datetime | None = None
     status: RunStatus = RunStatus.RUNNING
     store_path: str | None = None
+    #: True when the run continues an earlier one (``start_run(run_id=..., resume=True)``):
+    #: a sink keeps what it wrote for it before.
+    resumed: bool = False
 
 
 class MetricBatch:

@@ -45,7 +45,7 @@ def _attempt(job: dict, status_fd: int) -> dict:
 
     try:
         run = start_run(job["name"], job["experiment"], job["params"], job["tags"], job["sinks"],
-                        run_id=job["run_id"], store=job["store"],
+                        run_id=job["run_id"], store=job["store"], capture=job["capture"], resume=job["resume"],
                         columns={"attempts": job["attempts"], "gpus": job["gpus"]})
     except BaseException as exc:  # noqa: BLE001 - the run never started: the parent records it
         status, error = outcome(exc)

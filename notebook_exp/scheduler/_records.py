@@ -26,6 +26,10 @@ class JobRecords:
         ``info``: what its collectors recorded (``RunCollectors.collect``); the source
         given with the submission is kept when no collector gives one."""
         spec, fields = job.spec, fields or {}
+        if spec.resume:
+            self.records.queued_to_resume(job.run_id, executor=spec.executor, priority=spec.priority,
+                                          spec=spec.describe(), detail=f"priority {spec.priority}, resuming")
+            return
         self.records.queued(
             job.run_id, experiment=job.experiment, name=job.name, params=spec.params, tags=spec.tags,
             executor=spec.executor, priority=spec.priority, source=fields.get("source", spec.source),

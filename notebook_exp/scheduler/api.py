@@ -34,6 +34,8 @@ def submit(
     wait_for_gpus: bool = False,
     sinks: list | None = None,
     source: str | None = None,
+    capture: list | None = None,
+    resume: str | None = None,
 ) -> Job:
     """Queue ``fn(run, **params)`` to run in the background; returns its ``Job`` at once.
 
@@ -49,12 +51,15 @@ def submit(
     (only without ``retries``: an instance serves one attempt). Bad arguments
     raise ``ConfigError`` (an unknown ``after`` id, too) or ``SinkError`` and
     nothing is queued; asking for more GPUs than the machine has raises
-    ``GpuUnavailable`` unless ``wait_for_gpus``.
+    ``GpuUnavailable`` unless ``wait_for_gpus``. ``capture`` names framework calls
+    the run captures (``["tensorboard"]``, see ``start_run``); ``resume`` is the id
+    of a stored run to continue instead of a new one (``start_run(resume=True)``).
     """
     spec = validate(
         fn=fn, params=params or {}, name=name, experiment=experiment, gpus=gpus, gpu_memory=gpu_memory,
         priority=priority, retries=retries, retry_backoff=retry_backoff, timeout=timeout, executor=executor,
-        tags=tags or [], after=after, wait_for_gpus=wait_for_gpus, sinks=sinks, source=source,
+        tags=tags or [], after=after, wait_for_gpus=wait_for_gpus, sinks=sinks, source=source, capture=capture,
+        resume=resume,
     )
     return get_scheduler().submit(spec)
 

@@ -136,18 +136,33 @@ class Scheduler(DispatchLoop):
             check_sinks_picklable(spec.sinks)
         self.store.ensure(timeout=0)  # a held store: the run is queued anyway, its rows wait in the writer
         self._check_dependencies(spec)
-        job = Job(spec, new_run_id(), self, next(self._seq))
+        if spec.resume:
+            spec = self._resumable(spec)
+        job = Job(spec, spec.resume or new_run_id(), self, next(self._seq))
         if job.run_id in spec.after:
             raise ConfigError("a run cannot wait for itself")
-        collectors, fields, info = self._collect(job)
+        collectors, fields, info = self._collect(job) if not spec.resume else (None, {}, None)
         with self._cond:
             self._jobs[job.run_id] = job
             self.records.queued(job, fields, info)
             self.records.payload(job)
             heapq.heappush(self._heap, (-spec.priority, job.seq, job))
             self._cond.notify_all()
-        collectors.report()
+        if collectors is not None:
+            collectors.report()
         return job
+
+    def _resumable(self, spec: ExperimentSpec) -> ExperimentSpec:
+        """``ConfigError`` unless the run to resume is stored and no live process owns it
+        (nor a job of this scheduler); the spec takes its name and experiment."""
+        from ..tracking.resume import merged
+        from ..tracking.run import resumable
+
+        if spec.resume in self._jobs and not self._jobs[spec.resume].done:
+            raise ConfigError(f"run {spec.resume!r} is a job of this scheduler that has not ended")
+        stored = resumable(spec.resume, self.store, self.settings)
+        merged(stored, spec.name, spec.experiment, {}, [])  # a different name or experiment: ConfigError
+        return spec.model_copy(update={"name": stored.name, "experiment": stored.experiment})
 
     def _collect(self, job: Job) -> tuple[RunCollectors, dict, dict]:
         """What the job's collectors record at submission (git, environment, source: cached,

@@ -54,6 +54,13 @@ class ExperimentSpec(BaseModel):
         None, description="Sink names, Sink classes, factories or instances (default: the sinks setting)."
     )
     source: str | None = Field(None, description="Source code that produced the run (a cell, a function).")
+    capture: list[Any] | None = Field(
+        None, description="Framework calls to capture into the run, e.g. ['tensorboard'] (default: the "
+                          "capture_tensorboard setting)."
+    )
+    resume: str | None = Field(
+        None, description="Id of a stored run to continue: steps go on after its last ones, params merge."
+    )
 
     @field_validator("executor", mode="before")
     @classmethod
@@ -95,6 +102,9 @@ class ExperimentSpec(BaseModel):
     @model_validator(mode="after")
     def _signature(self) -> ExperimentSpec:
         check_signature(self.fn, self.params)
+        if self.resume and self.retries:
+            raise ValueError("resume cannot be combined with retries: a retry clears the run's data, "
+                             "the resumed run's earlier points with it")
         return self
 
     def describe(self) -> dict[str, Any]:

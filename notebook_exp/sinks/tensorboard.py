@@ -179,13 +179,17 @@ class TensorBoardSink(Sink):
         root = event_root(self.settings.dir, run.store_path)
         self.folder = run_folder(root, run.experiment, run.name, run.run_id)
         self.folder.mkdir(parents=True, exist_ok=True)
-        for old in self.folder.glob("events.out.tfevents.*"):  # an earlier attempt of this run
-            old.unlink()
+        if not run.resumed:  # a retried run's earlier attempt is gone from the store: gone here too
+            for old in self.folder.glob("events.out.tfevents.*"):
+                old.unlink()
         started = run.started_at
         self._started = started.replace(tzinfo=timezone.utc).timestamp() if started else time.time()
         self._write_hparams(run.params)  # first: a TensorBoard reading the folder meets it first
         stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
-        self._records = self._open(self.folder / f"events.out.tfevents.{stamp}.1")
+        number = 1
+        while (self.folder / f"events.out.tfevents.{stamp}.{number}").exists():  # a resumed run, same second
+            number += 1
+        self._records = self._open(self.folder / f"events.out.tfevents.{stamp}.{number}")
         self._records.flush()
 
     def log_params(self, params: dict[str, Any]) -> None:

@@ -65,6 +65,13 @@ def start_existing(conn, run_id: str, row: dict[str, Any], now, columns: dict | 
         _insert(conn, run_id, now, row)
 
 
+def resume_existing(conn, run_id: str, row: dict[str, Any]) -> None:
+    """A stored run continues: write ``row`` (status, params, tags, where it runs, cleared
+    end and error, the scheduler's columns) over its row; its start time stays."""
+    assignments = ", ".join(f"{name} = ?" for name in row)
+    conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*row.values(), run_id])
+
+
 class RunRecords:
     """The writes of runs to one ``Store`` (``store.records``)."""
 
@@ -89,6 +96,14 @@ class RunRecords:
             self._writer.submit_call(_insert, run_id, now, row)
         self._writer.event(run_id, RunStatus.RUNNING.value)
 
+    def resumed(self, run_id: str, row: dict[str, Any], detail: str | None = None) -> None:
+        """A stored run runs again in this process (``start_run(resume=True)``): its row
+        (``row``: column -> value; ``started_at`` and ``created_at`` are kept) and a
+        ``resumed`` event."""
+        row = {**row, "host": HOST, "pid": os.getpid(), "pid_started": pid_started()}
+        self._writer.submit_call(resume_existing, run_id, row)
+        self._writer.event(run_id, "resumed", detail)
+
     def queued(self, run_id: str, *, experiment: str, name: str, params: dict, tags: list[str], executor: str,
                priority: int, source: str | None, spec: dict, git: dict | None, detail: str,
                info: dict | None = None) -> None:
@@ -103,6 +118,19 @@ class RunRecords:
              pid_started(), executor, priority, collected["source"], json.dumps(spec), collected["git"],
              collected["info"]],
         )
+        self.event(run_id, RunStatus.QUEUED.value, detail)
+
+    def queued_to_resume(self, run_id: str, *, executor: str, priority: int, spec: dict, detail: str) -> None:
+        """A stored run is queued again to be resumed by a scheduler (``submit(resume=...)``):
+        status ``queued`` in this process, its scheduling columns, its old payload gone
+        (the new submission saves its own), and a ``queued`` event. Its name, params,
+        data and start time stay; ``start_run(resume=True)`` merges the rest."""
+        self._writer.submit(
+            """UPDATE runs SET status = ?, executor = ?, priority = ?, spec = ?, host = ?, pid = ?, pid_started = ?,
+                              error = NULL, ended_at = NULL WHERE run_id = ?""",
+            [RunStatus.QUEUED.value, executor, priority, json.dumps(spec), HOST, os.getpid(), pid_started(), run_id],
+        )
+        self._writer.submit("DELETE FROM payloads WHERE run_id = ?", [run_id])
         self.event(run_id, RunStatus.QUEUED.value, detail)
 
     def params(self, run_id: str, params: dict[str, Any]) -> None:

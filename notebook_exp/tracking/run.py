@@ -3,6 +3,10 @@
 The hot path is :meth:`Run.log`: it appends ``(key, step, time, value)``
 tuples to the run's buffer and returns. No lock, no I/O; the flusher thread
 hands the buffer to the sinks (see ``tracking.flusher``, ``sinks.dispatch``).
+A tensor on a device is kept as it is and read at the flush (``tracking.values``).
+``start_run(resume=True)`` continues a stored run (``tracking.resume``);
+``start_run(capture=[...])`` captures a framework's own logging calls
+(``tracking.capture``).
 """
 
 from __future__ import annotations
@@ -38,8 +42,19 @@ from ..exceptions import (
 from ..models import MetricBatch, RunInfo, RunStatus
 from ..sinks import registry
 from ..sinks.dispatch import Dispatcher
+from . import capture as captures
+from . import resume as resuming
 from .flusher import flusher
-from .values import as_step, as_value, check_key, clean_params, clean_tags, encode_png, histogram
+from .values import (
+    as_step,
+    as_value,
+    check_key,
+    clean_params,
+    clean_tags,
+    encode_png,
+    histogram,
+    resolve,
+)
 
 __all__ = ["Run", "current_run", "start_run"]
 
@@ -49,6 +64,7 @@ _STEP_MAX = 2**53  # steps are stored exactly up to here
 _STEP_MIN = -_STEP_MAX
 _time = time.time
 _monotonic = time.monotonic
+_NUMBERS = (float, int)  # what a buffer holds read already (the rest: device tensors, read at flush)
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_exp_run", default=None)
 
 
@@ -90,14 +106,44 @@ class Progress:
 class _Key:
     """One metric key of a run: its next automatic step and its buffered points,
     ``step, time, value`` triples in a flat ``array('d')`` (one atomic ``fromlist``
-    per point, so the flusher can take them without a lock)."""
+    per point, so the flusher can take them without a lock).
 
-    __slots__ = ("next", "points", "add")
+    Once the key gets a value to read at flush (a tensor on a device), ``defer``
+    moves it for good to ``mixed``, a list of ``[step, time, value]`` (one atomic
+    ``append`` per point): ``add`` then appends there, floats and tensors alike, so
+    the key's points stay in the order logged. The flusher takes ``mixed`` before
+    ``points``; every point still in ``points`` was logged before the first one in
+    ``mixed``."""
 
-    def __init__(self) -> None:
-        self.next = 0
+    __slots__ = ("next", "points", "add", "mixed")
+
+    def __init__(self, first_step: int = 0) -> None:
+        self.next = first_step
         self.points = array("d")
         self.add = self.points.fromlist
+        self.mixed: list | None = None
+
+    def defer(self) -> None:
+        if self.mixed is None:
+            self.mixed = []
+            self.add = self.mixed.append
+
+    def take(self) -> tuple[array | None, list | None]:
+        """What is buffered now (the flusher's, under the run's flush lock): the
+        points array and the mixed list's entries, each None when empty."""
+        taken = None
+        mixed = self.mixed
+        if mixed:
+            m = len(mixed)
+            taken = mixed[:m]
+            del mixed[:m]  # entries are only appended, so these are exactly the ones taken
+        points = self.points
+        n = len(points)
+        chunk = None
+        if n:
+            chunk = points[:n]
+            del points[:n]  # points are only added at the end, so these are exactly the ones taken
+        return chunk, taken
 
 
 def new_run_id() -> str:
@@ -119,6 +165,8 @@ class Run:
         self._store = store
         self._keys: dict[str, _Key] = {}
         self._rich_next: dict[str, int] = {}
+        self._first_steps: dict[str, int] = {}  # a resumed run's keys go on from their stored steps
+        self._captures: list = []  # handles of this run's captures (tracking.capture)
         self._interrupt: RunInterrupted | None = None
         self._flush_lock = threading.Lock()
         self._end_lock = threading.Lock()
@@ -173,8 +221,10 @@ class Run:
     def log(self, step: int | None = None, **metrics: Any) -> None:
         """Record metrics: ``run.log(loss=0.3, acc=0.9, step=10)``.
 
-        Steps are integers within ±2**53 (kept exactly). Raises ``InvalidMetric``
-        (a ``TypeError``) naming the key of a value that is not a real number,
+        Values are floats, ints, bools, numpy scalars and one-element tensors: a
+        CPU tensor is read now, a tensor on a device is kept and read at the next
+        flush, off this thread (no device sync here). Steps are integers within
+        ±2**53 (kept exactly). Raises ``InvalidMetric`` (a ``TypeError``) naming the key of a value that is not a real number,
         or a key that is empty, over-long or a telemetry name while telemetry is
         on (``sys/cpu_percent``, ``gpu/0/power_w``, ...); nothing of that call is logged. Inside a run that was cancelled or timed out,
         raises ``RunCancelled`` / ``RunTimedOut`` instead.
@@ -190,6 +240,13 @@ class Run:
                 pass
             if v.__class__ is not float:
                 v = as_value(k, v)
+                if v.__class__ is not float:  # a device tensor, read at flush
+                    rec = keys.get(k) or self._new_key(k)
+                    rec.defer()
+                    step = rec.next if step is None else step
+                    rec.next = step + 1
+                    rec.add([step, t, v])
+                    return
             rec = keys.get(k)
             if rec is None:
                 rec = self._new_key(k)
@@ -215,18 +272,19 @@ class Run:
                 f"{key!r} is a telemetry key that notebook_exp records itself; log it under another "
                 "name, or turn telemetry off (NOTEBOOK_EXP_TELEMETRY_INTERVAL=0)"
             )
-        rec = self._keys[key] = _Key()
+        rec = self._keys[key] = _Key(self._first_steps.get(key, 0))
         return rec
 
-    def _checked(self, metrics: dict[str, Any]) -> dict[str, float]:
+    def _checked(self, metrics: dict[str, Any]) -> dict[str, Any]:
         values = {}
         for k, v in metrics.items():
             values[k] = v if v.__class__ is float else as_value(k, v)
             if k not in self._keys:
                 check_key(k)
-        for k in values:
-            if k not in self._keys:
-                self._new_key(k)
+        for k, v in values.items():
+            rec = self._keys.get(k) or self._new_key(k)
+            if v.__class__ is not float:  # a device tensor, read at flush
+                rec.defer()
         return values
 
     def _log_telemetry(self, values: dict[str, float]) -> None:
@@ -235,7 +293,7 @@ class Run:
         for k, v in values.items():
             rec = self._keys.get(k)
             if rec is None:
-                rec = self._keys[k] = _Key()
+                rec = self._keys[k] = _Key(self._first_steps.get(k, 0))
             step = rec.next
             rec.next = step + 1
             rec.add([step, t, v])
@@ -315,12 +373,18 @@ class Run:
             state.touch()
 
     def last_values(self) -> dict[str, tuple[int, float]]:
-        """The last ``(step, value)`` of every key, including points not flushed yet."""
+        """The last ``(step, value)`` of every key, including points not flushed yet
+        (a value still on a device shows from the flush that reads it: reading it here
+        would wait for the device)."""
         values = dict(self.latest)
         for key, rec in list(self._keys.items()):
             tail = rec.points[-3:]  # one atomic slice: a whole (step, time, value) triple
             if len(tail) == 3:
                 values[key] = (int(tail[0]), tail[2])
+            for step, _t, value in reversed(rec.mixed[-16:] if rec.mixed else ()):
+                if isinstance(value, _NUMBERS):
+                    values[key] = (int(step), float(value))
+                    break
         return values
 
     # -- flushing and ending ------------------------------------------------
@@ -328,19 +392,21 @@ class Run:
         """Hand the buffered points to the sinks if due (``flush_rows`` or
         ``flush_interval`` reached) or if ``force``."""
         recs = list(self._keys.values())
-        pending = sum(len(rec.points) for rec in recs) // 3
+        pending = sum(len(rec.points) for rec in recs) // 3 + sum(len(rec.mixed) for rec in recs if rec.mixed)
         if not pending or (
             not force and pending < self._flush_rows and _monotonic() - self._last_flush < self._flush_interval
         ):
             return 0
         with self._flush_lock:
-            chunks = []
+            chunks, mixed = [], []
             for key, rec in list(self._keys.items()):
-                points = rec.points
-                n = len(points)
-                if n:
-                    chunks.append((key, points[:n]))
-                    del points[:n]  # points are only added at the end, so these are exactly the ones taken
+                points, taken = rec.take()
+                if taken:
+                    mixed.append((len(chunks), taken))
+                if points is not None or taken:
+                    chunks.append((key, points if points is not None else array("d")))
+            if mixed:
+                _read_deferred(chunks, mixed)
             self._last_flush = _monotonic()
             for key, points in chunks:
                 self.latest[key] = (int(points[-3]), points[-1])
@@ -386,6 +452,8 @@ class Run:
                 return
             self.status = status
         self.error = error
+        handles, self._captures = self._captures, []
+        captures.stop(handles)  # the framework's methods are its own again, however the run ends
         flusher.remove(self)
         telemetry.sampler.unwatch(self)
         try:
@@ -461,6 +529,19 @@ def outcome(exc: BaseException) -> tuple[RunStatus, str]:
     return RunStatus.FAILED, text
 
 
+def _read_deferred(chunks: list[tuple[str, array]], mixed: list[tuple[int, list]]) -> None:
+    """Append each key's mixed entries (floats and device tensors, in order) to its
+    chunk, the tensors read in one ``resolve`` (a sync per device, on this thread:
+    the flusher's)."""
+    deferred = [value for _index, taken in mixed for _s, _t, value in taken if not isinstance(value, _NUMBERS)]
+    numbers = iter(resolve(deferred) if deferred else ())
+    for index, taken in mixed:
+        flat = []
+        for step, t, value in taken:
+            flat += (step, t, value if isinstance(value, _NUMBERS) else next(numbers))
+        chunks[index][1].fromlist(flat)
+
+
 def current_run() -> Run | None:
     """The run of the current context (inside ``with start_run(...)`` or a scheduled run)."""
     return _current.get()
@@ -476,6 +557,8 @@ def start_run(
     store: str | os.PathLike | None = None,
     settings: Settings | None = None,
     run_id: str | None = None,
+    resume: bool = False,
+    capture: list | str | None = None,
     columns: dict[str, Any] | None = None,
     gpu_inventory=None,
 ) -> Run:
@@ -488,10 +571,20 @@ def start_run(
     ``StoreError`` naming the path if the store cannot be written (a store held by
     another process is not waited for: the run starts, with one warning naming the
     holder, and its records are committed when the file frees), and
-    ``SinkError`` if a sink fails to load or start. ``run_id`` continues a run
-    the store may already have (a queued one); ``columns`` sets more of its
-    ``runs`` columns (the scheduler's attempts and gpus); ``gpu_inventory`` is
-    the inventory those gpus were leased from (their telemetry is read there).
+    ``SinkError`` if a sink fails to load or start. ``run_id`` starts a run
+    the store may already have (a queued one) under that id, steps from 0;
+    with ``resume=True`` it continues the stored run ``run_id`` instead: status
+    ``running`` again with a ``resumed`` event, automatic steps after each key's
+    stored last step, the stored params updated by ``params``, the stored tags
+    plus ``tags`` (``ConfigError`` if there is no such run, or a live process owns
+    it, naming its PID; see ``tracking.resume``). ``capture`` names framework
+    plugins whose own logging calls made in this thread go to the run:
+    ``capture=["tensorboard"]`` captures ``SummaryWriter.add_scalar`` and friends,
+    ``[("tensorboard", {"write": False})]`` without the writer's own files
+    (default: the ``capture_tensorboard`` setting; see ``tracking.capture``).
+    ``columns`` sets more of its ``runs`` columns (the scheduler's attempts and
+    gpus); ``gpu_inventory`` is the inventory those gpus were leased from (their
+    telemetry is read there).
     """
     from ..store import get_store, utcnow
 
@@ -499,18 +592,27 @@ def start_run(
     store_obj = get_store(store if store is not None else settings.store_path, settings=settings)
     params = clean_params(params)
     tags = clean_tags(tags)
+    if resume and run_id is None:
+        raise ConfigError("resume=True continues a stored run: pass its run_id")
+    starters = captures.prepare(capture, settings)  # bad entries fail before anything is recorded
+    sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     existing = run_id is not None
     run_id = run_id or new_run_id()
+    now = utcnow()
+    held = not store_obj.ensure(timeout=0)
+    resumed = None
+    if resume:
+        resumed = resuming.load(store_obj, run_id, settings.lock_timeout, set(_live))
+        name, experiment, params, tags = resuming.merged(resumed, name, experiment, params, tags)
     experiment = experiment or "default"
     name = name or f"{experiment}-{run_id[:6]}"
-    now = utcnow()
     info = RunInfo(
         run_id=run_id, experiment=experiment, name=name, params=params, tags=tags,
-        created_at=now, started_at=now, store_path=str(store_obj.path),
+        created_at=resumed.created_at if resumed else now, started_at=resumed.started_at if resumed else now,
+        store_path=str(store_obj.path), resumed=bool(resume),
     )
-    if not store_obj.ensure(timeout=0):
+    if held and not resume:
         _warn_held(store_obj, run_id)
-    sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     run = Run(info, settings, sink_objs, store_obj)
     run.gpus = list((columns or {}).get("gpus") or [])
     run.gpu_inventory = gpu_inventory
@@ -519,13 +621,16 @@ def start_run(
         "experiment": experiment, "name": name, "status": RunStatus.RUNNING.value, "params": json.dumps(params),
         "tags": tags, "started_at": now, "error": None, "ended_at": None, **(columns or {}),
     }
-    # a queued run's collectors recorded when it was submitted; here only the sampled ones start
+    # a queued or resumed run's collectors recorded when it was first created; here only the sampled ones start
     run.collectors = RunCollectors(run_id, settings, store_obj.records, created=not existing)
-    fields, info_fields = {}, None
-    if not existing:
-        fields, info_fields = run.collectors.collect(RunContext(run_id, name, experiment, settings))
-    store_obj.records.started(run_id, row, now, existing=existing, columns=columns, git=fields.get("git"),
-                              source=fields.get("source"), info=info_fields)
+    if resumed is not None:
+        _record_resumed(run, resumed, row)
+    else:
+        fields, info_fields = {}, None
+        if not existing:
+            fields, info_fields = run.collectors.collect(RunContext(run_id, name, experiment, settings))
+        store_obj.records.started(run_id, row, now, existing=existing, columns=columns, git=fields.get("git"),
+                                  source=fields.get("source"), info=info_fields)
     run.collectors.report()
     try:
         run._dispatcher.start()
@@ -537,7 +642,33 @@ def start_run(
     _current.set(run)
     flusher.add(run)
     telemetry.sampler.watch(run)
+    if starters:
+        try:
+            run._captures = captures.start(run, starters)
+        except BaseException as exc:
+            run.end(*outcome(exc))
+            raise
     return run
+
+
+def _record_resumed(run: Run, resumed, row: dict[str, Any]) -> None:
+    """The resumed run's steps go on from the stored ones; its row says it runs again."""
+    run._first_steps = dict(resumed.next_steps)
+    run._rich_next = dict(resumed.rich_next)
+    row = {k: v for k, v in row.items() if k not in ("started_at", "experiment", "name")}
+    keys = len(resumed.next_steps)
+    run._store.records.resumed(run.run_id, row, f"was {resumed.status}; steps go on for {keys} metric keys")
+
+
+def resumable(run_id: str, store=None, settings: Settings | None = None) -> resuming.Resumed:
+    """The stored run ``run_id`` if ``start_run(run_id=run_id, resume=True)`` may continue
+    it now (the scheduler checks before it queues one); ``ConfigError`` otherwise."""
+    from ..store import Store, get_store
+
+    settings = settings or get_settings()
+    if not isinstance(store, Store):
+        store = get_store(store if store is not None else settings.store_path, settings=settings)
+    return resuming.load(store, run_id, settings.lock_timeout, set(_live))
 
 
 def artifact_name(name: str) -> str:

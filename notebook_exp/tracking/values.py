@@ -1,4 +1,18 @@
-"""Checking and converting what users log: metric values, keys, steps, params, images."""
+"""Checking and converting what users log: metric values, keys, steps, params, images.
+
+**Tensors.** ``as_value`` takes one-element tensors as well as numbers. A CPU
+tensor (``requires_grad`` or not, 0-d or ``[1]``-shaped) is read at the call:
+``.item()`` of a CPU tensor is a memory read (about 0.1 us). A tensor on any
+other device (CUDA, MPS, XLA) is *not* read at the call: reading it would make
+the training thread wait for every kernel queued before it (a device sync per
+``run.log``, which stalls the GPU pipeline). ``as_value`` returns a detached
+copy of it instead (``detach().clone()``: one queued copy kernel, no sync; the
+copy keeps the value as of the call even if the tensor is later changed in
+place, an accumulator ``total += loss``), the run keeps that copy in its buffer,
+and the flusher thread converts the buffered copies at the next flush with
+:func:`resolve` (one sync per device per flush, off the training thread). See
+``docs/architecture.md`` §2.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +22,7 @@ import io
 import math
 import numbers
 import operator
+import warnings
 from pathlib import PurePath
 from typing import Any
 
@@ -17,8 +32,13 @@ MAX_KEY_LENGTH = 250
 STEP_LIMIT = 2**53  # steps are kept exactly (as float64) up to here
 
 
-def as_value(key: str, value: Any) -> float:
-    """A metric value as a float; ``InvalidMetric`` (a TypeError) naming the key if it isn't one."""
+def as_value(key: str, value: Any) -> Any:
+    """A metric value as a float, or, for a one-element tensor on a device other than
+    the CPU, a detached copy of it to convert at flush (:func:`resolve`). ``InvalidMetric``
+    (a TypeError) naming the key if it is neither."""
+    numel = getattr(value, "numel", None)
+    if numel is not None and hasattr(value, "is_cpu"):  # a torch tensor: metadata only, never its data
+        return _tensor(key, value, numel())
     if isinstance(value, (str, bytes, bytearray)) or isinstance(value, complex):
         raise InvalidMetric(f"metric {key!r} must be a real number, got {type(value).__name__} {value!r:.80}")
     if isinstance(value, (numbers.Real, decimal.Decimal)):
@@ -26,19 +46,59 @@ def as_value(key: str, value: Any) -> float:
             return float(value)
         except (OverflowError, ValueError) as exc:
             raise InvalidMetric(f"metric {key!r} does not fit a float64: {value!r:.80}") from exc
-    item = getattr(value, "item", None)  # numpy 0-d arrays, torch/jax one-element tensors
+    item = getattr(value, "item", None)  # numpy 0-d arrays, jax and other one-element arrays
     size = getattr(value, "size", None)
     if callable(size):
         size = size()
         size = math.prod(size) if isinstance(size, tuple) else size
-    numel = getattr(value, "numel", None)
-    if callable(numel):
-        size = numel()
     if callable(item) and size == 1:
         scalar = item()
         if isinstance(scalar, (numbers.Real, decimal.Decimal)) and not isinstance(scalar, complex):
             return float(scalar)
     raise InvalidMetric(f"metric {key!r} must be a real number, got {type(value).__name__} {value!r:.80}")
+
+
+def _tensor(key: str, value: Any, elements: int) -> Any:
+    if elements != 1 or value.is_complex():
+        what = f"{elements} elements (shape {list(value.shape)})" if elements != 1 else f"dtype {value.dtype}"
+        raise InvalidMetric(
+            f"metric {key!r} must be a real number, got {type(value).__name__} of {what}; "
+            "log one real element (t.mean(), t[0]) or each element under its own key"
+        )
+    if value.is_cpu:
+        return float(value.item())
+    return value.detach().clone()  # queued on the device like any kernel: no sync here
+
+
+def resolve(values: list) -> list[float]:
+    """Floats of deferred values (what :func:`as_value` kept of device tensors), in order.
+
+    Called by the flusher, never on the training thread. Tensors are grouped by
+    device, dtype and shape and read with one ``stack(...).tolist()`` per group;
+    before reading a CUDA device it is synchronized once, so values written on a
+    side stream are complete (and the copies, freed after, are no longer read by any
+    stream). A group that cannot be read (a device error) becomes NaN, with a
+    warning."""
+    out = [math.nan] * len(values)
+    groups: dict[tuple, list[int]] = {}
+    for index, value in enumerate(values):
+        groups.setdefault((value.device, value.dtype, tuple(value.shape)), []).append(index)
+    import torch
+
+    synced = set()
+    for (device, _dtype, _shape), indexes in groups.items():
+        try:
+            if device.type == "cuda" and device not in synced:
+                torch.cuda.synchronize(device)
+                synced.add(device)
+            read = torch.stack([values[i] for i in indexes]).reshape(-1).tolist()
+        except Exception as exc:  # noqa: BLE001 - a broken device must not lose the other points
+            warnings.warn(f"metric values on {device} could not be read ({exc}); stored as NaN",
+                          RuntimeWarning, stacklevel=2)
+            continue
+        for i, number in zip(indexes, read):
+            out[i] = float(number)
+    return out
 
 
 def check_key(key: Any) -> None:

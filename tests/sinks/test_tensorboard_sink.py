@@ -269,3 +269,16 @@ def test_listed_and_explained_without_tensorboard(run_python):
     (listed,) = [line for line in proc.stdout.splitlines() if line.split()[:2] == ["sink", "tensorboard"]]
     assert "pip install 'notebook-exp[tensorboard]'" in listed
     assert "start: " in proc.stdout and "pip install 'notebook-exp[tensorboard]'" in proc.stdout.split("start: ")[1]
+
+
+def test_a_resumed_run_keeps_its_earlier_event_files(store_path):
+    from readback_tensorboard import accumulator, folder_of, scalar_rows
+
+    with nx.start_run("resumable", sinks=["duckdb", "tensorboard"]) as run:
+        for i in range(10):
+            run.log(loss=float(i))
+    with nx.start_run(run_id=run.run_id, resume=True, sinks=["duckdb", "tensorboard"]) as again:
+        for i in range(10, 20):
+            again.log(loss=float(i))
+    rows = scalar_rows(accumulator(folder_of(again, store_path)), ["loss"])
+    assert [step for _k, step, _v in rows] == list(range(20))

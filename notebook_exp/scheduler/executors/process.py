@@ -108,6 +108,7 @@ class ProcessExecutor(Executor):
             "fn": spec.fn, "params": spec.params, "name": job.name, "experiment": job.experiment,
             "tags": spec.tags, "sinks": spec.sinks, "run_id": job.run_id, "gpus": list(job.gpus),
             "store": str(scheduler.store.path), "attempts": job.attempts,
+            "capture": spec.capture, "resume": bool(spec.resume),
         }))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTEBOOK_EXP_STORE": str(scheduler.store.path)}
         env["CUDA_VISIBLE_DEVICES"] = scheduler.inventory.visible_devices_value(job.gpus) if job.gpus else ""

@@ -50,7 +50,8 @@ class ThreadExecutor(Executor):
         route(job)
         try:
             run = start_run(job.name, job.experiment, spec.params, spec.tags, spec.sinks, run_id=job.run_id,
-                            settings=scheduler.settings, columns={"attempts": job.attempts, "gpus": job.gpus},
+                            resume=bool(spec.resume), capture=spec.capture, settings=scheduler.settings,
+                            columns={"attempts": job.attempts, "gpus": job.gpus},
                             gpu_inventory=scheduler.inventory if job.gpus else None)
             run.gpus = list(job.gpus)
             run.device = f"cuda:{scheduler.inventory.cuda_ordinal(job.gpus[0])}" if job.gpus else "cpu"

@@ -7,13 +7,14 @@ SQL (docs/architecture.md §4). Every read attaches the store read-only for one
 short session; values always travel as parameters.
 
 - ``access``: sessions (``read``, ``reader``) and ``sql``.
-- ``fragments``: SQL pieces several queries share (duration, params, summaries).
+- ``fragments``: SQL pieces several queries share (duration, params, summaries, sweep id).
+- ``paths``: nested params as dotted names (``flatten``, ``param_paths``).
 - ``filters``: which runs to read (``RunFilter``) and the filter language
   (``compile_filter``).
 - ``table``: the one runs-table builder (``runs_table``, its layouts) and ``runs``.
 - ``series``: metric points (``metrics``, ``metric_points``), the charts'
   extents and downsampling, ``ema``.
-- ``detail``: facets, compare, one run's records, the widgets' and CLI's reads.
+- ``detail``: facets, compare, sweeps, one run's records, the widgets' and CLI's reads.
 """
 
 from .access import (
@@ -23,6 +24,7 @@ from .access import (
     sql,
 )
 from .detail import (
+    EARLY_STOPPED,
     EMPTY_FACETS,
     compare_rows,
     count_runs,
@@ -33,9 +35,12 @@ from .detail import (
     recent_runs,
     run_media,
     run_overview,
+    sweep_runs,
+    sweeps,
 )
 from .filters import ALL_RUNS, FilterError, FilterNames, RunFilter, compile_filter
 from .fragments import SUMMARY_COLUMNS, json_pointer
+from .paths import flatten, param_paths
 from .series import X_KINDS, downsample, ema, metric_points, metrics, series_extents
 from .table import (
     API_LAYOUT,
@@ -48,9 +53,9 @@ from .table import (
 )
 
 __all__ = [
-    "ALL_RUNS", "API_LAYOUT", "EMPTY_FACETS", "LIST_LAYOUT", "SUMMARY_COLUMNS", "X_KINDS", "FilterError", "FilterNames",
-    "RunFilter", "RunsLayout", "best_goal", "compare_rows", "compile_filter", "count_runs", "demo_summary",
-    "downsample", "ema", "empty_runs_table", "facets", "json_pointer", "last_values", "metric_keys",
-    "metric_points", "metrics", "read", "reader", "recent_runs", "run_media", "run_overview", "runs",
-    "runs_table", "series_extents", "sql",
+    "ALL_RUNS", "API_LAYOUT", "EARLY_STOPPED", "EMPTY_FACETS", "LIST_LAYOUT", "SUMMARY_COLUMNS", "X_KINDS",
+    "FilterError", "FilterNames", "RunFilter", "RunsLayout", "best_goal", "compare_rows", "compile_filter",
+    "count_runs", "demo_summary", "downsample", "ema", "empty_runs_table", "facets", "flatten", "json_pointer",
+    "last_values", "metric_keys", "metric_points", "metrics", "param_paths", "read", "reader", "recent_runs",
+    "run_media", "run_overview", "runs", "runs_table", "series_extents", "sql", "sweep_runs", "sweeps",
 ]
