@@ -4,8 +4,8 @@
     viewer.serve(store="runs.duckdb")                  # blocks; http://127.0.0.1:5006
     server = viewer.serve(threaded=True)               # from a kernel; server.stop() later
 
-Pages (tabs): Runs (filter, select, open), Compare (the selected runs) and Run
-(one run). Each browser session gets its own ``ViewerState``, whose reads run
+Pages (tabs): Runs (filter, select, open), Compare (the selected runs, or a
+whole sweep), Run (one run) and Sweeps (each sweep's progress and best run). Each browser session gets its own ``ViewerState``, whose reads run
 off the server's event loop; a periodic callback refreshes what is live and
 retries reads that found the store busy, and the header says so meanwhile
 ("store busy, retrying"). ``/health`` answers JSON for probes.
@@ -30,20 +30,26 @@ from .components.params_diff import ParamsDiff
 from .components.run_detail import RunDetail
 from .components.runs_table import RunsList
 from .components.scatter import ParamScatter
+from .components.sweeps import SweepsView
 from .state import ViewerState
 
 __all__ = ["ComparePage", "ViewerApp", "create_app"]
 
 log = logging.getLogger("notebook_exp.viewer")
 
-RUNS_TAB, COMPARE_TAB, RUN_TAB = 0, 1, 2
+RUNS_TAB, COMPARE_TAB, RUN_TAB, SWEEPS_TAB = 0, 1, 2, 3
 
 
 class ComparePage:
-    """Overlaid metric chart, params diff, parallel coordinates, scatter and export."""
+    """Overlaid metric chart, params diff, parallel coordinates, scatter and export;
+    ``sweep`` picks a whole sweep to compare (``on_sweep(sweep_id)``)."""
 
-    def __init__(self, state) -> None:
+    def __init__(self, state, on_sweep=None) -> None:
         self.state = state
+        self.on_sweep = on_sweep
+        self.sweep = pn.widgets.Select(label="compare a whole sweep", options=[""], value="", width=220,
+                                       css_classes=["nx-compare-sweep"])
+        self.sweep.param.watch(self._on_sweep, "value")
         self.run_ids: list[str] = []
         self.names: dict[str, str] = {}
         self._updating = False
@@ -58,17 +64,32 @@ class ComparePage:
 
     def panel(self) -> pn.viewable.Viewable:
         return pn.Column(
-            self.note, pn.Row(self.key, self.export.panel()), self.chart.panel(),
+            self.note, pn.Row(self.key, self.sweep, self.export.panel()), self.chart.panel(),
             heading("Params"), self.diff.panel(), heading("Parallel coordinates"), self.parcoords.panel(),
             heading("Param vs metric"), self.scatter.panel(), sizing_mode="stretch_width",
         )
 
     def update(self) -> None:
         """Load the state's selected runs (shown when the read arrives)."""
-        run_ids = list(self.state.selected)
-        self.state.reads.submit("compare", lambda: self.state.compare_data(run_ids), partial(self._on_data, run_ids))
+        run_ids, state = list(self.state.selected), self.state
 
-    def _on_data(self, run_ids: list[str], data: dict) -> None:
+        def read():
+            return state.compare_data(run_ids), state.facets(refresh=True).get("sweeps", [])
+
+        state.reads.submit("compare", read, partial(self._on_data, run_ids))
+
+    def _on_sweep(self, event) -> None:
+        if event.new and not self._updating and self.on_sweep is not None:
+            self.on_sweep(event.new)
+
+    def _on_data(self, run_ids: list[str], result) -> None:
+        data, sweeps = result
+        self._updating = True
+        try:
+            self.sweep.options = ["", *sweeps]
+            self.sweep.value = ""
+        finally:
+            self._updating = False
         self.run_ids = run_ids
         self.names = dict(zip(data["runs"]["run_id"], data["runs"]["name"], strict=True))
         self.note.object = message(
@@ -104,11 +125,13 @@ class ViewerApp:
     def __init__(self, state: ViewerState) -> None:
         self.state = state
         self.runs = RunsList(state, on_open_run=self.open_run, on_compare=self.open_compare)
-        self.compare = ComparePage(state)
+        self.compare = ComparePage(state, on_sweep=self.compare_sweep)
         self.run = RunDetail(state)
+        self.sweeps = SweepsView(state, on_compare=self.compare_sweep, on_open_run=self.open_run)
         self.status = pn.pane.HTML("", css_classes=["nx-status"])
         self.tabs = pn.Tabs(
             ("Runs", self.runs.panel()), ("Compare", self.compare.panel()), ("Run", self.run.panel()),
+            ("Sweeps", self.sweeps.panel()),
             dynamic=True, sizing_mode="stretch_width",
         )
         self._compare_stale = True
@@ -131,6 +154,15 @@ class ViewerApp:
         self.tabs.active = COMPARE_TAB
         self._update_compare()
 
+    def compare_sweep(self, sweep_id: str) -> None:
+        """Select every run of the sweep and compare them."""
+        def apply(run_ids: list[str]) -> None:
+            self.runs.select(run_ids)  # those listed show as selected; Compare takes them all
+            self.state.selected = list(run_ids)
+            self.open_compare()
+
+        self.state.reads.submit("sweep-runs", lambda: self.state.sweep_runs(sweep_id), apply)
+
     def _on_selected(self, _event) -> None:
         self._compare_stale = True
         if self.tabs.active == COMPARE_TAB:
@@ -139,6 +171,8 @@ class ViewerApp:
     def _on_tab(self, event) -> None:
         if event.new == COMPARE_TAB:
             self._update_compare()
+        elif event.new == SWEEPS_TAB:
+            self.sweeps.update()
 
     def _update_compare(self) -> None:
         if self._compare_stale:
@@ -158,6 +192,8 @@ class ViewerApp:
                 self.compare.refresh()
             if self.tabs.active == RUN_TAB:
                 self.run.refresh()
+            if self.tabs.active == SWEEPS_TAB:
+                self.sweeps.refresh()
         except Exception as exc:  # noqa: BLE001 - keep refreshing; say what went wrong
             log.warning("viewer refresh failed: %s", exc)
             self.state.reads.report(f"refresh failed: {exc}")

@@ -40,12 +40,16 @@ __all__ = ["DEFAULT_READ_TIMEOUT", "DEFAULT_WIDTH", "FilterError", "SeriesData",
 
 DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucket
 DEFAULT_METRIC_COLUMNS = 3
-FILTER_PARAMS = ("experiments", "statuses", "tags", "text", "expression", "metric_columns")
+FILTER_PARAMS = ("experiments", "statuses", "tags", "sweeps", "text", "expression", "metric_columns")
 DEFAULT_READ_GAP = 0.012  # seconds between two read sessions of this process on one store
 DEFAULT_READ_TIMEOUT = 0.5  # seconds a read waits for the file in all, then raises StoreLocked
 DEFAULT_MAX_IMAGES = 24  # images a run's page shows, newest first ...
 DEFAULT_IMAGES_PER_KEY = 8  # ... and of one key
 DEFAULT_MEDIA_ROWS = 200  # texts and histograms read per key, newest first
+DEFAULT_SWEEPS = 100  # sweeps the Sweeps page lists, newest first
+_EMPTY_SWEEPS = pd.DataFrame(columns=[
+    "sweep_id", "experiment", "method", "rule", "metric", "mode", "runs", "started", "running", "stopped_early",
+    "completed", "failed", "queued", "best_run_id", "best_run", "best_value", "created"])
 
 
 _last_read: dict[Path, float] = {}  # store path -> when this process last detached it
@@ -72,6 +76,7 @@ class ViewerState(param.Parameterized):
     experiments = param.List(default=[], item_type=str, doc="Show only runs of these experiments.")
     statuses = param.List(default=[], item_type=str, doc="Show only runs in these states.")
     tags = param.List(default=[], item_type=str, doc="Show only runs carrying all these tags.")
+    sweeps = param.List(default=[], item_type=str, doc="Show only runs of these sweeps (sweep ids).")
     text = param.String(default="", doc="Free text matched in name, experiment, id, tags, params.")
     expression = param.String(default="", doc="Param/metric expression, e.g. 'lr < 0.01 and loss < 0.2'.")
     metric_columns = param.List(default=[], item_type=str, doc="Metric keys shown as last/best columns.")
@@ -146,14 +151,14 @@ class ViewerState(param.Parameterized):
         values = {name: overrides.get(name, getattr(self, name)) for name in FILTER_PARAMS}
         return RunFilter(
             experiments=list(values["experiments"]) or None, statuses=list(values["statuses"]) or None,
-            tags=list(values["tags"]) or None, text=values["text"],
+            tags=list(values["tags"]) or None, sweeps=list(values["sweeps"]) or None, text=values["text"],
             expression=self._compile(values["expression"]) if values["expression"].strip() else ("", []),
         )
 
     def _compile(self, expression: str) -> tuple[str, list]:
         """Compile against the known names; re-read them once if a name is unknown (new runs)."""
         def names(facets: dict) -> FilterNames:
-            return FilterNames(facets["params"], facets["metrics"], utcnow())
+            return FilterNames(facets.get("param_pointers") or facets["params"], facets["metrics"], utcnow())
 
         try:
             return compile_filter(expression, names(self.facets()))
@@ -235,26 +240,40 @@ class ViewerState(param.Parameterized):
         return self._read(lambda conn: queries.metric_keys(conn, list(run_ids)), [])
 
     def compare_data(self, run_ids: list[str]) -> dict:
-        """Names, statuses, params and metric summaries of the runs to compare."""
+        """Names, statuses, params (flat: dotted names) and metric summaries of the runs to compare."""
         ids = list(run_ids)
         runs, summary = self._read(lambda conn: queries.compare_rows(conn, ids),
                                    (pd.DataFrame(columns=["run_id", "name", "status", "params"]),
                                     pd.DataFrame(columns=["run_id", "key"])))
         order = {run_id: i for i, run_id in enumerate(ids)}
         runs = runs.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
-        params = {r: _load_params(p) for r, p in zip(runs["run_id"], runs["params"], strict=True)}
+        params = {r: queries.flatten(_load_params(p)) for r, p in zip(runs["run_id"], runs["params"], strict=True)}
         return {
             "runs": runs.drop(columns="params"),
             "params": params,
             "summary": summary,
         }
 
+    # -- sweeps -----------------------------------------------------------------
+    def sweeps_summary(self, key: str | None = None, limit: int = DEFAULT_SWEEPS) -> pd.DataFrame:
+        """One row per sweep, newest first: its progress (runs started, running, stopped
+        early, completed ...) and its best run so far, by its stop rule's metric, else
+        ``key`` (default: the first metric column)."""
+        key = key or (list(self.metric_columns) or self.default_metric_columns() or [None])[0]
+        mode = queries.best_goal(key) if key else "min"
+        return self._read(lambda conn: queries.sweeps(conn, key, mode, limit), _EMPTY_SWEEPS.copy())
+
+    def sweep_runs(self, sweep_id: str) -> list[str]:
+        """The run ids of one sweep, in the order they were queued."""
+        return self._read(lambda conn: queries.sweep_runs(conn, sweep_id), [])
+
     # -- one run ----------------------------------------------------------------
     def run_overview(self, run_id: str) -> dict | None:
-        """The run's row, its events and its metric summary; ``None`` if there is no such run."""
+        """The run's row (params flat: dotted names), its events and its metric summary;
+        ``None`` if there is no such run."""
         overview = self._read(lambda conn: queries.run_overview(conn, run_id), None)
         if overview is not None:
-            overview["run"]["params"] = _load_params(overview["run"].get("params"))
+            overview["run"]["params"] = queries.flatten(_load_params(overview["run"].get("params")))
         return overview
 
     def run_media(self, run_id: str, limit: int = DEFAULT_MEDIA_ROWS) -> dict:

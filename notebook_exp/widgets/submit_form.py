@@ -10,6 +10,12 @@ dict of defaults (one control per value, chosen from its type). Fields with a
 few possible values (``Literal``, ``Enum``, ``bool``, a list of choices) have a
 "sweep" toggle that swaps the single choice for a multi-select; "Sweep" then
 queues one run per combination of the picked values.
+
+Number fields have a "sample" toggle that swaps the value for a range (and,
+for floats, a "log" box): "Sample" then queues a random sweep of ``n`` runs
+(``seed`` makes it reproducible), drawing each sampled number from its range
+(``uniform``, ``loguniform``, ``randint``) and each swept choice from its picked
+values; every draw is checked by the model before anything is queued.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import ipywidgets as widgets
 from pydantic import ValidationError
 
 from ..exceptions import ConfigError
+from ..space import choice, loguniform, randint, uniform
 
 __all__ = ["LauncherForm", "launcher"]
 
@@ -45,10 +52,31 @@ class _Field:
     choices: list[tuple[str, Any]] | None = None
     multi: widgets.SelectMultiple | None = None
     toggle: widgets.ToggleButton | None = None
+    kind: type | None = None  # int or float: a number that can be sampled
+    low: widgets.ValueWidget | None = None  # the range it is sampled from ...
+    high: widgets.ValueWidget | None = None
+    log: widgets.Checkbox | None = None  # ... uniformly in log space (floats)
+    sample_toggle: widgets.ToggleButton | None = None
 
     @property
     def sweeping(self) -> bool:
         return self.toggle is not None and self.toggle.value
+
+    @property
+    def sampling(self) -> bool:
+        return self.sample_toggle is not None and self.sample_toggle.value
+
+    def distribution(self):
+        """What a random sweep draws this field from (its range, or its picked choices)."""
+        if self.sampling:
+            low, high = self.low.value, self.high.value
+            if self.kind is int:
+                return randint(int(low), int(high) + 1)  # the range shown includes its top
+            return loguniform(low, high) if self.log.value else uniform(low, high)
+        picked = [v.value if isinstance(v, enum.Enum) else v for v in self.multi.value]
+        if not picked:
+            raise ConfigError(f"pick at least one value of {self.name}")
+        return choice(picked)
 
 
 # -- choosing controls ---------------------------------------------------------
@@ -113,7 +141,7 @@ def _control(name: str, annotation: Any, default: Any, bounds: dict[str, Any]) -
         value = default if default in values else values[0]
         control = widgets.Dropdown(options=choices, value=value, description=name, style=_STYLE)
     elif annotation in (int, float):
-        control = _number_control(annotation, name, default, bounds)
+        return _Field(name, _number_control(annotation, name, default, bounds), kind=annotation)
     elif annotation is str:
         control = widgets.Text(value="" if default is None else default, description=name, style=_STYLE)
     else:
@@ -201,12 +229,17 @@ class LauncherForm(widgets.VBox):
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.sweep_button = widgets.Button(description="Sweep", icon="th", disabled=True,
                                            tooltip="switch a param to sweep mode and pick its values")
+        self.sample_button = widgets.Button(description="Sample", icon="random", disabled=True,
+                                            tooltip="switch a number to sample mode: a random sweep of n runs")
+        self.n = widgets.BoundedIntText(value=10, min=1, max=10_000, description="n", style=_STYLE)
+        self.seed = widgets.Text(value="", description="seed", placeholder="random", style=_STYLE)
         self.error = widgets.HTML("")
         self.status = widgets.HTML("")
         self.run_button.on_click(self._on_run)
         self.sweep_button.on_click(self._on_sweep)
+        self.sample_button.on_click(self._on_sample)
         rows = [self._row(field) for field in self._fields]
-        buttons = widgets.HBox([self.run_button, self.sweep_button])
+        buttons = widgets.HBox([self.run_button, self.sweep_button, self.sample_button, self.n, self.seed])
         super().__init__([*rows, buttons, self.error, self.status])
 
     @property
@@ -216,6 +249,20 @@ class LauncherForm(widgets.VBox):
     @property
     def multi(self) -> dict[str, widgets.SelectMultiple]:
         return {f.name: f.multi for f in self._fields if f.multi is not None}
+
+    @property
+    def sample_toggles(self) -> dict[str, widgets.ToggleButton]:
+        return {f.name: f.sample_toggle for f in self._fields if f.sample_toggle is not None}
+
+    @property
+    def ranges(self) -> dict[str, tuple[widgets.ValueWidget, widgets.ValueWidget, widgets.Checkbox | None]]:
+        """``(low, high, log)`` controls of each number that can be sampled."""
+        return {f.name: (f.low, f.high, f.log) for f in self._fields if f.sample_toggle is not None}
+
+    @property
+    def space(self) -> dict[str, Any]:
+        """What "Sample" would draw from: each sampled number's range, each swept choice's values."""
+        return {f.name: f.distribution() for f in self._fields if f.sampling or f.sweeping}
 
     @property
     def values(self) -> dict[str, Any]:
@@ -233,7 +280,10 @@ class LauncherForm(widgets.VBox):
 
     # -- layout ------------------------------------------------------------------
     def _row(self, field: _Field) -> widgets.Widget:
-        """The control alone, or with a "sweep" toggle swapping it for a multi-select."""
+        """The control alone, or with a "sweep" toggle swapping it for a multi-select
+        (a few choices) or a "sample" toggle swapping it for a range (a number)."""
+        if field.kind is not None:
+            return self._number_row(field)
         if field.choices is None:
             return field.control
         field.multi = widgets.SelectMultiple(
@@ -253,10 +303,36 @@ class LauncherForm(widgets.VBox):
         field.toggle.observe(_on_toggle, names="value")
         return row
 
+    def _number_row(self, field: _Field) -> widgets.Widget:
+        control = field.control
+        box = widgets.IntText if field.kind is int else widgets.FloatText
+        low = getattr(control, "min", None)
+        high = getattr(control, "max", None)
+        if low is None:  # unbounded: a decade either side of the value to start from
+            value = control.value
+            low, high = (value, value * 2 or 10) if field.kind is int else \
+                ((value / 10, value * 10) if value > 0 else (0.0, 1.0))
+        field.low = box(value=low, description=f"{field.name} from", style=_STYLE)
+        field.high = box(value=high, description="to", style=_STYLE)
+        field.log = widgets.Checkbox(value=False, description="log", indent=False) if field.kind is float else None
+        field.sample_toggle = widgets.ToggleButton(description="sample", value=False, icon="random",
+                                                   tooltip=f"draw {field.name} at random from a range")
+        sampler = [field.low, field.high, *([field.log] if field.log is not None else [])]
+        row = widgets.HBox([control, field.sample_toggle])
+
+        def _on_toggle(change: dict) -> None:
+            row.children = [*(sampler if change["new"] else [control]), field.sample_toggle]
+            self._on_mode_change()
+
+        field.sample_toggle.observe(_on_toggle, names="value")
+        return row
+
     def _on_mode_change(self) -> None:
         sweeping = any(f.sweeping for f in self._fields)
-        self.sweep_button.disabled = not sweeping
-        self.run_button.disabled = sweeping
+        sampling = any(f.sampling for f in self._fields)
+        self.sweep_button.disabled = not sweeping or sampling
+        self.sample_button.disabled = not (sweeping or sampling)
+        self.run_button.disabled = sweeping or sampling
 
     # -- submitting --------------------------------------------------------------
     def _checked(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -273,11 +349,18 @@ class LauncherForm(widgets.VBox):
     def _on_sweep(self, _button: widgets.Button | None = None) -> None:
         self._attempt(self._sweep)
 
-    def _sweep(self) -> list:
-        """Check every combination, then queue them all with ``nx.sweep``."""
-        import itertools
+    def _on_sample(self, _button: widgets.Button | None = None) -> None:
+        self._attempt(self._sample)
 
-        from ..scheduler.api import sweep
+    def _base(self) -> tuple[Any, dict[str, Any]]:
+        """``(base, params)`` of a sweep: the model holding the shown values, or those values."""
+        if self.model is None:
+            return None, self.values
+        return self.model.model_validate(self.values), {}
+
+    def _sweep(self) -> list:
+        """Check every combination, then queue them all as one sweep."""
+        from ..scheduler import sweeps
 
         grid = self.grid
         if not grid:
@@ -285,12 +368,23 @@ class LauncherForm(widgets.VBox):
         empty = [name for name, picked in grid.items() if not picked]
         if empty:
             raise ConfigError(f"pick at least one value of {', '.join(empty)}")
-        checked = {}
-        for combo in itertools.product(*grid.values()):
-            checked = self._checked({**self.values, **dict(zip(grid, combo))})
-        fixed = {k: v for k, v in checked.items() if k not in grid}
         plain = {k: [v.value if isinstance(v, enum.Enum) else v for v in picked] for k, picked in grid.items()}
-        return sweep(self.fn, plain, params=fixed, **self.submit_options)
+        base, params = self._base()
+        return sweeps.sweep(self.fn, plain, params, base=base, **self.submit_options)
+
+    def _sample(self) -> list:
+        """Draw ``n`` points (checked by the model), then queue them all as one random sweep."""
+        from ..scheduler import sweeps
+
+        space = self.space
+        if not space:
+            raise ConfigError("switch a number to sample mode (or a param to sweep mode) first")
+        seed = self.seed.value.strip()
+        if seed and not seed.lstrip("-").isdigit():
+            raise ConfigError(f"seed is a whole number or empty (a random one), not {seed!r}")
+        base, params = self._base()
+        return sweeps.sweep(self.fn, space, params, base=base, method="random", n=self.n.value,
+                            seed=int(seed) if seed else None, **self.submit_options)
 
     def _attempt(self, action: Callable[[], list]) -> None:
         """Run a submission; show what it queued, or why it queued nothing."""

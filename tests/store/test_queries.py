@@ -32,9 +32,10 @@ def _sweep() -> dict[str, str]:
 def test_one_builder_gives_both_layouts():
     ids = _sweep()
     api = queries.runs_table(queries.reader(), layout=API_LAYOUT)
-    assert list(api.columns[:15]) == list(API_LAYOUT.columns)
-    assert set(api.columns[15:19]) == {"params.bs", "params.dims", "params.lr", "params.opt"}  # as first seen
-    assert list(api.columns[19:]) == ["metrics.acc", "metrics.loss"]
+    assert list(api.columns[:16]) == list(API_LAYOUT.columns)
+    assert set(api.columns[16:20]) == {"params.bs", "params.dims", "params.lr", "params.opt"}  # as first seen
+    assert list(api.columns[20:]) == ["metrics.acc", "metrics.loss"]
+    assert api["sweep_id"].isna().all()  # runs of start_run belong to no sweep
     row = api.set_index("run_id").loc[ids["b"]]
     assert row["params.bs"] == 64 and row["params.dims"] == [1, 2] and row["metrics.loss"] == pytest.approx(0.01)
 
@@ -42,7 +43,7 @@ def test_one_builder_gives_both_layouts():
     assert list(listed.columns) == [
         "name", "experiment", "status", "started", "duration", "gpus", "tags",
         "last:loss", "best:loss", "last:acc", "best:acc",
-        "param:bs", "param:dims", "param:lr", "param:opt", "run_id", "created",
+        "param:bs", "param:dims", "param:lr", "param:opt", "sweep", "run_id", "created",
     ]
     row = listed.set_index("run_id").loc[ids["a"]]
     assert row["param:bs"] == 32.0 and row["param:dims"] == "[1,2]" and row["tags"] == "t"
@@ -84,7 +85,7 @@ def test_nx_runs_filters_and_empty_tables(tmp_path):
     assert list(missing.columns) == list(API_LAYOUT.columns) and missing.empty
     empty = queries.empty_runs_table(LIST_LAYOUT, ["loss"])
     assert list(empty.columns) == ["name", "experiment", "status", "started", "duration", "gpus", "tags",
-                                   "last:loss", "best:loss", "run_id", "created"]
+                                   "last:loss", "best:loss", "sweep", "run_id", "created"]
     assert empty["last:loss"].dtype == "float64"
 
 
@@ -99,6 +100,7 @@ def test_small_reads_of_the_widgets_the_cli_and_the_viewer(tmp_path):
     facets = queries.read(queries.facets)
     assert facets["statuses"] == ["completed", "failed"]  # RunStatus order
     assert facets["experiments"] == ["other", "sweep"] and facets["params"] == ["bs", "dims", "lr", "opt"]
+    assert facets["param_pointers"]["lr"] == "/lr" and facets["sweeps"] == []
     points = queries.read(lambda conn: queries.metric_points(conn, [ids["a"]], ["loss"], run_names=True))
     assert points.column_names == ["run_name", "run_id", "key", "step", "ts", "value"] and points.num_rows == 5
     demo = queries.read(lambda conn: queries.demo_summary(conn, [ids["a"], ids["b"]])).to_pandas()
@@ -114,3 +116,32 @@ def test_metrics_reads_points_in_order():
     assert list(frame.columns) == ["run_id", "key", "step", "ts", "value"]
     assert frame["run_id"].is_monotonic_increasing and len(frame) == 10
     assert nx.metrics([]).empty
+
+
+def test_nested_params_are_dotted_columns_in_both_layouts():
+    params = {"optim": {"name": "adam", "lr": 0.1}, "model": {"layers": [64, 64], "act": {}}, "flat.key": 3}
+    with nx.start_run("nested", params=params) as run:
+        run.log(loss=1.0, step=0)
+    assert run.params == params  # stored as given: the round trip
+    api = nx.runs()
+    assert {"params.optim.name", "params.optim.lr", "params.model.layers", "params.model.act",
+            "params.flat.key"} <= set(api.columns)
+    row = api.iloc[0]
+    assert row["params.optim.lr"] == 0.1 and row["params.model.layers"] == [64, 64] and row["params.model.act"] == {}
+    listed = queries.runs_table(queries.reader(), layout=LIST_LAYOUT, keys=["loss"])
+    assert [c for c in listed.columns if c.startswith("param:")] == [
+        "param:flat.key", "param:model.act", "param:model.layers", "param:optim.lr", "param:optim.name"]
+    row = listed.iloc[0]
+    assert row["param:optim.lr"] == 0.1 and row["param:model.layers"] == "[64,64]" and row["param:flat.key"] == 3.0
+    facets = queries.read(queries.facets)
+    assert facets["params"] == ["flat.key", "model.act", "model.layers", "optim.lr", "optim.name"]
+    assert facets["param_pointers"]["optim.lr"] == "/optim/lr" and facets["param_pointers"]["flat.key"] == "/flat.key"
+
+
+def test_flatten_and_param_paths():
+    assert queries.flatten({"a": {"b": {"c": 1}, "d": [1, {"e": 2}]}, "f": {}}) == {
+        "a.b.c": 1, "a.d": [1, {"e": 2}], "f": {}}
+    assert queries.flatten(5) == {}
+    paths = queries.param_paths('{"a": {"b": "DOUBLE", "c~/": "VARCHAR"}, "n": ["UBIGINT"], "x": "JSON"}')
+    assert paths == [("a.b", "/a/b", True), ("a.c~/", "/a/c~0~1", False), ("n", "/n", False), ("x", "/x", False)]
+    assert queries.param_paths("not json") == [] and queries.param_paths(None) == []

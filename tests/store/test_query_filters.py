@@ -6,6 +6,7 @@ import pytest
 
 import notebook_exp as nx
 from notebook_exp.exceptions import ConfigError
+from notebook_exp.store import queries
 from notebook_exp.store.queries import (
     FilterError,
     FilterNames,
@@ -115,3 +116,22 @@ def test_run_filter_selects_runs_by_every_field():
     assert _ids(RunFilter(expression=compile_filter("loss < 0.2 and lr >= 0.1", names))) == {ids["a"]}
     clause, args = RunFilter(experiments=["x'; DROP TABLE runs; --"], text="DROP").where()
     assert "DROP" not in clause and args == [["x'; DROP TABLE runs; --"], "drop"]
+
+
+def test_nested_params_filter_by_dotted_name():
+    ids = {}
+    for name, lr, opt in [("slow", 0.01, "adam"), ("fast", 0.1, "sgd")]:
+        params = {"optim": {"lr": lr, "name": opt}, "optim.lr": 9.0, "model": {"layers": [8, 8]}}
+        with nx.start_run(name, params=params) as run:
+            run.log(loss=lr, step=0)
+        ids[name] = run.run_id
+    facets = read(queries.facets)
+    names = FilterNames(params=facets["param_pointers"], metrics=facets["metrics"])
+    assert _ids(RunFilter(expression=compile_filter("optim.lr < 0.05", names))) == {ids["slow"]}
+    assert _ids(RunFilter(expression=compile_filter("params.optim.name = 'sgd'", names))) == {ids["fast"]}
+    # a flat key holding a dot is still its own param when the store says so (by its JSON pointer)
+    flat = FilterNames(params={"optim.lr": "/optim.lr"}, metrics=[])
+    assert _ids(RunFilter(expression=compile_filter("optim.lr > 5", flat))) == set(ids.values())
+    assert compile_filter("optim.lr < 1", FilterNames(params=["optim.lr"]))[1] == ["/optim/lr", 1.0]
+    with pytest.raises(FilterError, match="unknown name 'optim.lrr'"):
+        compile_filter("optim.lrr < 1", names)

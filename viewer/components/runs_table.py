@@ -4,6 +4,9 @@ The table pages on the server (``pagination="remote"``): the browser only ever
 holds one page, so 10,000 runs stay fast. ``refresh()`` (called periodically
 by the app) patches the rows of queued/running runs and streams in new runs;
 it never replaces the table's data, which would drop the user's selection.
+Runs of a sweep carry its id (the ``sweep`` column, shown once the store has a
+sweep); the Sweep filter keeps those of chosen sweeps, and "group by sweep"
+groups the rows by it.
 Every read goes through ``state.reads`` under one key, so the newest of a
 load, a filter change and a refresh is the one applied.
 """
@@ -36,7 +39,7 @@ PLAIN = {"type": "plaintext"}
 BASE_TITLES = {
     "run_id": "run id", "name": "name", "experiment": "experiment", "status": "status",
     "created": "created", "started": "started (UTC)", "duration": "duration (s)",
-    "gpus": "GPUs", "tags": "tags",
+    "gpus": "GPUs", "tags": "tags", "sweep": "sweep",
 }
 DEFAULT_FACET_EVERY = 5  # refreshes between re-reading the filter options
 DEFAULT_NEW_RUN_LOOKBACK = pd.Timedelta(minutes=10)  # how far before the newest listed run new runs are looked for
@@ -111,6 +114,10 @@ class RunsList:
             value=list(state.statuses), **multi)
         self.tags = pn.widgets.MultiChoice(
             label="Tags", options=choice_options(facets["tags"]), value=list(state.tags), **multi)
+        self.sweeps = pn.widgets.MultiChoice(
+            label="Sweep", options=choice_options(facets.get("sweeps", [])), value=list(state.sweeps), **multi)
+        self.group = pn.widgets.Checkbox(label="group by sweep", value=False, css_classes=["nx-group-sweep"])
+        self.group.param.watch(lambda event: self._group(event.new), "value")
         self.metrics = pn.widgets.MultiChoice(
             label="Metric columns", options=choice_options(facets["metrics"]),
             value=list(state.metric_columns), **multi)
@@ -123,15 +130,16 @@ class RunsList:
         self.compare_button = pn.widgets.Button(label="Compare selected (0)", color="primary", disabled=True)
         self.compare_button.on_click(lambda _event: self.on_compare and self.on_compare())
         watched = {
-            self.experiments: "experiments", self.statuses: "statuses", self.tags: "tags",
+            self.experiments: "experiments", self.statuses: "statuses", self.tags: "tags", self.sweeps: "sweeps",
             self.metrics: "metric_columns", self.text: "text", self.expression: "expression",
         }
         for widget, name in watched.items():
             widget.param.watch(lambda event, name=name: self._on_filter(name, event.new), "value")
 
     def panel(self) -> pn.viewable.Viewable:
-        filters = pn.Row(self.experiments, self.statuses, self.tags, self.text, self.expression, self.metrics)
-        header = pn.Row(self.count, self.compare_button)
+        filters = pn.Row(self.experiments, self.statuses, self.tags, self.sweeps, self.text, self.expression,
+                         self.metrics)
+        header = pn.Row(self.count, self.compare_button, self.group)
         return pn.Column(filters, self.error, header, self.table, sizing_mode="stretch_width")
 
     # -- loading ---------------------------------------------------------------
@@ -299,9 +307,15 @@ class RunsList:
         finally:
             self._loading = False
 
+    def _group(self, on: bool) -> None:
+        self.table.groupby = ["sweep"] if on else []
+
     def _set_options(self, facets: dict) -> None:
         self.experiments.options = choice_options(facets["experiments"])
         self.tags.options = choice_options(facets["tags"])
+        sweeps = facets.get("sweeps", [])
+        self.sweeps.options = choice_options(sweeps)
+        self.table.hidden_columns = ["created"] + ([] if sweeps else ["sweep"])
         self.metrics.options = choice_options(facets["metrics"])
         self.statuses.options = choice_options(facets["statuses"] or list(STATUS_COLORS))
 

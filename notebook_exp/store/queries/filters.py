@@ -4,6 +4,7 @@
     opt in ('adam', 'sgd') or not (bs >= 64)
     min(val/loss) <= 0.1 and status != 'failed'
     `my param` = 'x' and params.lr > 1e-4
+    optim.lr < 0.05 and model.depth >= 4
 
 Grammar (keywords are case-insensitive)::
 
@@ -14,9 +15,10 @@ Grammar (keywords are case-insensitive)::
     operand    := literal | name | ('last' | 'min' | 'max') '(' name ')'
     OP         := '<' | '<=' | '>' | '>=' | '=' | '==' | '!=' | '<>'
 
-A name is a param (``params.lr`` or just ``lr``), a metric (``metrics.loss`` or
-``loss``: its last value; ``min(loss)``/``max(loss)`` its extremes) or a run
-field (``name``, ``experiment``, ``status``, ``run_id``, ``duration``), looked up
+A name is a param (``params.lr`` or just ``lr``; a nested param by its dotted
+name, ``optim.lr``), a metric (``metrics.loss`` or ``loss``: its last value;
+``min(loss)``/``max(loss)`` its extremes) or a run field (``name``,
+``experiment``, ``status``, ``run_id``, ``sweep_id``, ``duration``), looked up
 in that order against the names the store actually holds. Names may contain
 ``. / -`` and can be quoted with backticks.
 
@@ -31,7 +33,7 @@ query (``table.runs_table``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -42,9 +44,10 @@ from .fragments import (
     PARAM_NUMBER,
     PARAM_TEXT,
     SUMMARY_COLUMNS,
-    json_pointer,
+    SWEEP_ID,
     summary_value,
 )
+from .paths import json_pointer
 
 __all__ = ["ALL_RUNS", "FilterError", "FilterNames", "RunFilter", "compile_filter", "tokenize"]
 
@@ -63,16 +66,23 @@ class Token:
 
 @dataclass
 class FilterNames:
-    """The names an expression may use (from the store), and the 'now' for durations."""
+    """The names an expression may use (from the store), and the 'now' for durations.
 
-    params: Iterable[str] = ()
+    ``params`` maps each param's dotted name to its JSON pointer (``facets``
+    gives it); a plain list of names means what the dots say (``optim.lr`` is
+    ``lr`` inside ``optim``)."""
+
+    params: Mapping[str, str] | Iterable[str] = ()
     metrics: Iterable[str] = ()
     now: object = None
-    _params: set = field(init=False, repr=False)
+    _params: dict = field(init=False, repr=False)
     _metrics: set = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._params = set(self.params)
+        if isinstance(self.params, Mapping):
+            self._params = dict(self.params)
+        else:
+            self._params = {name: json_pointer(*name.split(".")) for name in self.params}
         self._metrics = set(self.metrics)
 
 
@@ -82,6 +92,7 @@ RUN_FIELDS = {
     "experiment": "runs.experiment",
     "status": "runs.status",
     "run_id": "runs.run_id",
+    "sweep_id": SWEEP_ID,
 }
 OPERATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": "=", "==": "=", "!=": "<>", "<>": "<>"}
 DEFAULT_MAX_LENGTH = 2000  # characters of an expression
@@ -272,11 +283,11 @@ class _Parser:
     def _resolve(self, name: str, pos: int) -> Ref:
         names = self.names
         if name.startswith("params.") and name[7:] in names._params:
-            return _param(name[7:])
+            return _param(names._params[name[7:]])
         if name.startswith("metrics.") and name[8:] in names._metrics:
             return self._metric(name[8:], "last", pos)
         if name in names._params:
-            return _param(name)
+            return _param(names._params[name])
         if name in names._metrics:
             return self._metric(name, "last", pos)
         if name in RUN_FIELDS:
@@ -295,8 +306,8 @@ class _Parser:
         return Ref(f"CAST({sql} AS VARCHAR)", sql, (key,))
 
 
-def _param(name: str) -> Ref:
-    return Ref(PARAM_TEXT, PARAM_NUMBER, (json_pointer(name),))
+def _param(pointer: str) -> Ref:
+    return Ref(PARAM_TEXT, PARAM_NUMBER, (pointer,))
 
 
 def _compare(left, op: str, right) -> tuple[str, list]:
@@ -343,11 +354,13 @@ class RunFilter:
     none); ``tags``: runs carrying all of these; ``text``: a case-insensitive
     substring of a run's name, experiment, id, tags or params; ``expression``:
     a compiled filter expression (``compile_filter``); ``run_ids``: only these
-    runs; ``since``: runs created at or after it (UTC).
+    runs; ``sweeps``: runs of these sweeps (``sweep_id``); ``since``: runs created
+    at or after it (UTC).
     """
 
     experiments: Sequence[str] | None = None
     statuses: Sequence[str] | None = None
+    sweeps: Sequence[str] | None = None
     tags: Sequence[str] | None = None
     text: str = ""
     expression: tuple[str, list] = ("", [])
@@ -357,10 +370,10 @@ class RunFilter:
     def where(self) -> tuple[str, list]:
         """``"WHERE ..."`` (or ``""``) and its arguments, for a query over ``runs``."""
         clauses, args = [], []
-        for column, values in (("experiment", self.experiments), ("status", self.statuses),
-                               ("run_id", self.run_ids)):
+        for column, values in (("runs.experiment", self.experiments), ("runs.status", self.statuses),
+                               ("runs.run_id", self.run_ids), (SWEEP_ID, self.sweeps)):
             if values is not None:
-                clauses.append(f"runs.{column} IN {IN_LIST}")
+                clauses.append(f"{column} IN {IN_LIST}")
                 args.append(list(values))
         if self.tags is not None:
             clauses.append("list_has_all(coalesce(runs.tags, []), ?::VARCHAR[])")

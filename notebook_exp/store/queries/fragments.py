@@ -8,12 +8,18 @@ identifiers spliced into SQL are the fixed ones below and positional aliases
 
 from __future__ import annotations
 
+from .paths import json_pointer
+
 __all__ = [
-    "DURATION", "IN_LIST", "PARAM_NUMBER", "PARAM_TEXT", "SUMMARY_COLUMNS", "json_pointer", "summary_value",
+    "DURATION", "IN_LIST", "PARAM_NUMBER", "PARAM_TEXT", "SUMMARY_COLUMNS", "SWEEP_ID", "json_pointer",
+    "summary_value",
 ]
 
 #: A run's duration in seconds; a run that has not ended counts until now (its one ``?``: now, UTC).
 DURATION = "epoch(coalesce(runs.ended_at, ?::TIMESTAMP) - runs.started_at)"
+
+#: The sweep a run belongs to (``nx.sweep`` records it in the run's spec), NULL for other runs.
+SWEEP_ID = "json_extract_string(runs.spec, '$.sweep.id')"
 
 #: A param's value as text (its one ``?``: the param's JSON pointer, :func:`json_pointer`) ...
 PARAM_TEXT = "json_extract_string(runs.params, ?)"
@@ -32,7 +38,3 @@ def summary_value(aggregate: str) -> str:
     return (f"(SELECT ms.{SUMMARY_COLUMNS[aggregate]} FROM metric_summary ms "
             "WHERE ms.run_id = runs.run_id AND ms.key = ?)")
 
-
-def json_pointer(name: str) -> str:
-    """The JSON pointer (RFC 6901) of a top-level key, for json_extract's path argument."""
-    return "/" + name.replace("~", "~0").replace("/", "~1")

@@ -5,11 +5,15 @@ One row per run, newest first; the run's own columns, then its params and its
 metric summaries as columns. A ``RunsLayout`` says how each is shown:
 
 - ``API_LAYOUT`` (``nx.runs``): the run's columns as stored, ``duration`` in
-  seconds; ``params.<name>`` holding each param's JSON value as Python (int,
+  seconds, ``sweep_id`` (the sweep of ``nx.sweep`` the run belongs to, else
+  None); ``params.<name>`` holding each param's JSON value as Python (int,
   float, str, list ...); ``metrics.<key>`` the last value of a metric.
-- ``LIST_LAYOUT`` (the viewer): display columns (GPUs and tags as text, ``run_id``
-  and ``created`` last); ``last:<key>`` and ``best:<key>`` per metric; then
-  ``param:<name>`` typed in DuckDB (numbers as DOUBLE, anything else as text).
+- ``LIST_LAYOUT`` (the viewer): display columns (GPUs and tags as text; ``sweep``,
+  ``run_id`` and ``created`` last); ``last:<key>`` and ``best:<key>`` per metric;
+  then ``param:<name>`` typed in DuckDB (numbers as DOUBLE, anything else as text).
+
+Nested params are flat there, one column per leaf with a dotted name
+(``params.optim.lr``, ``param:optim.lr``); lists stay values (``paths``).
 
 Listing reads ``runs`` and ``metric_summary`` only, never ``metrics``. The
 metrics shown are ``keys`` (joined in DuckDB, one LEFT JOIN per key: fastest
@@ -32,12 +36,12 @@ from ...models import telemetry_sql
 from .._host import utcnow
 from .access import Reader, reader
 from .filters import ALL_RUNS, RunFilter
-from .fragments import DURATION, PARAM_NUMBER, PARAM_TEXT, SUMMARY_COLUMNS, json_pointer
+from .fragments import DURATION, PARAM_NUMBER, PARAM_TEXT, SUMMARY_COLUMNS, SWEEP_ID
+from .paths import flatten, param_paths
 
 __all__ = ["API_LAYOUT", "LIST_LAYOUT", "RunsLayout", "best_goal", "empty_runs_table", "runs", "runs_table"]
 
 _LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|rmse|nll|perplexity|ppl|wer|cer|time|latency|regret", re.I)
-NUMERIC_JSON = {"UBIGINT", "BIGINT", "DOUBLE", "HUGEINT", "UHUGEINT"}
 RUN_ORDER = "ORDER BY runs.created_at DESC, runs.run_id"
 PARAM_NAMES_SQL = "SELECT json_group_structure(runs.params) FROM runs {where}"
 SUMMARIES_SQL = f"""
@@ -62,18 +66,18 @@ class RunsLayout:
 API_LAYOUT = RunsLayout(
     select=f"""runs.run_id, runs.experiment, runs.name, runs.status, runs.created_at, runs.started_at,
                runs.ended_at, {DURATION} AS duration, runs.tags, runs.error, runs.attempts,
-               runs.priority, runs.executor, runs.gpus, runs.dropped""",
+               runs.priority, runs.executor, runs.gpus, runs.dropped, {SWEEP_ID} AS sweep_id""",
     columns=("run_id", "experiment", "name", "status", "created_at", "started_at", "ended_at", "duration",
-             "tags", "error", "attempts", "priority", "executor", "gpus", "dropped"),
+             "tags", "error", "attempts", "priority", "executor", "gpus", "dropped", "sweep_id"),
     last=(), param_prefix="params.", typed_params=False, aggregates=(("metrics.", "last"),), metrics_first=False,
 )
 LIST_LAYOUT = RunsLayout(
     select=f"""runs.name, runs.experiment, runs.status, runs.started_at AS started, {DURATION} AS duration,
                coalesce(array_to_string(runs.gpus, ','), '') AS gpus,
                coalesce(array_to_string(runs.tags, ', '), '') AS tags,
-               runs.run_id, runs.created_at AS created""",
-    columns=("name", "experiment", "status", "started", "duration", "gpus", "tags", "run_id", "created"),
-    last=("run_id", "created"), param_prefix="param:", typed_params=True,
+               coalesce({SWEEP_ID}, '') AS sweep, runs.run_id, runs.created_at AS created""",
+    columns=("name", "experiment", "status", "started", "duration", "gpus", "tags", "sweep", "run_id", "created"),
+    last=("sweep", "run_id", "created"), param_prefix="param:", typed_params=True,
     aggregates=(("last:", "last"), ("best:", "best")), metrics_first=True,
 )
 
@@ -102,7 +106,7 @@ def runs_table(read: Reader, where: RunFilter = ALL_RUNS, *, layout: RunsLayout 
 def _fetch(conn, where: str, args: list, layout: RunsLayout, keys, now):
     """The run rows (param and joined metric columns under positional aliases) and, without
     ``keys``, every non-telemetry summary, as pyarrow tables; and the aliases' names."""
-    params = _param_kinds(conn.execute(PARAM_NAMES_SQL.format(where=where), args).fetchall()[0][0]) \
+    params = param_paths(conn.execute(PARAM_NAMES_SQL.format(where=where), args).fetchall()[0][0]) \
         if layout.typed_params else []
     select, select_args, joins, join_args, names = [layout.select], [now], [], [], {}
     if not layout.typed_params:
@@ -113,9 +117,9 @@ def _fetch(conn, where: str, args: list, layout: RunsLayout, keys, now):
         for i, (prefix, aggregate) in enumerate(layout.aggregates):
             select.append(f"s{j}.{_summary_column(aggregate, key)} AS m{j}_{i}")
             names[f"m{j}_{i}"] = prefix + key
-    for i, (name, numeric) in enumerate(params):
+    for i, (name, pointer, numeric) in enumerate(params):
         select.append(f"{PARAM_NUMBER if numeric else PARAM_TEXT} AS p{i}")
-        select_args.append(json_pointer(name))
+        select_args.append(pointer)
         names[f"p{i}"] = layout.param_prefix + name
     rows = conn.sql(f"SELECT {', '.join(select)} FROM runs {' '.join(joins)} {where} {RUN_ORDER}",
                     params=select_args + join_args + args).to_arrow_table()
@@ -129,25 +133,13 @@ def _fetch(conn, where: str, args: list, layout: RunsLayout, keys, now):
     return rows, names, summaries
 
 
-def _param_kinds(structure: str | None) -> list[tuple[str, bool]]:
-    """(name, is numeric) for each param in a ``json_group_structure`` result, sorted by name
-    (a list or object param is text: its kind is a list or dict there)."""
-    try:
-        shape = json.loads(structure) if structure else {}
-    except ValueError:
-        return []
-    if not isinstance(shape, dict):
-        return []
-    return sorted((name, isinstance(kind, str) and kind in NUMERIC_JSON) for name, kind in shape.items())
-
-
 def _shape(rows, names: dict, summaries, layout: RunsLayout):
     import pandas as pd
 
     frame = rows.to_pandas().rename(columns=names)
     parts = [frame]
     if not layout.typed_params:
-        params = [json.loads(p) if isinstance(p, str) else (p or {}) for p in frame.pop("params")]
+        params = [flatten(json.loads(p) if isinstance(p, str) else (p or {})) for p in frame.pop("params")]
         parts.append(pd.DataFrame(params, index=frame.index).add_prefix(layout.param_prefix))
     if summaries is not None and summaries.num_rows:
         parts.append(_pivot(summaries.to_pandas(), layout).reindex(frame["run_id"]).set_axis(frame.index))
