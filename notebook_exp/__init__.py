@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ASHA": "notebook_exp.scheduler.stopping",
     "ConfigError": "notebook_exp.exceptions",
     "GpuUnavailable": "notebook_exp.exceptions",
     "InvalidMetric": "notebook_exp.exceptions",
+    "MedianStop": "notebook_exp.scheduler.stopping",
     "MemorySink": "notebook_exp.testing",
     "MetricBatch": "notebook_exp.models",
     "MissingDependency": "notebook_exp.exceptions",
@@ -53,6 +55,7 @@ _EXPORTS = {
     "metrics": "notebook_exp.store.queries",
     "plugins": "notebook_exp._plugins",
     "runs": "notebook_exp._reading",
+    "space": "notebook_exp.space",
     "sql": "notebook_exp.store.queries",
     "start_run": "notebook_exp.tracking.run",
 }
@@ -64,7 +67,8 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'notebook_exp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)  # a submodule: itself
     globals()[name] = value
     return value
 
@@ -81,6 +85,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from . import space
     from ._inline import RunsTable
     from ._plugins import plugins
     from ._reading import runs
@@ -105,6 +110,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
     from .scheduler.job import Job
     from .scheduler.spec import ExperimentSpec
+    from .scheduler.stopping import ASHA, MedianStop
     from .sinks.base import Sink
     from .store.queries import metrics, sql
     from .testing import MemorySink

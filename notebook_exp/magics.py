@@ -6,7 +6,6 @@ Load with ``%load_ext notebook_exp``.
 from __future__ import annotations
 
 import ast
-import itertools
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -48,18 +47,30 @@ def _split_top_level(text: str) -> list[str]:
 def parse_assignment(text: str, flag: str = "-p") -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key.isidentifier() or not value.strip():
-        raise UsageError(f"{flag} takes KEY=VALUE with KEY a Python name, got {text!r}")
+    if not sep or not all(part.isidentifier() for part in key.split(".")) or not value.strip():
+        raise UsageError(f"{flag} takes KEY=VALUE with KEY a Python name or a dotted path (optim.lr), got {text!r}")
     return key, value.strip()
 
 
+def _value(text: str):
+    """A value of ``-p``/``--grid``: a Python literal when it parses, else the text. Quotes
+    around a list, tuple or dict (``"[32,32]"``) only protect it: the value is the list."""
+    value = _literal(text)
+    if isinstance(value, str) and text[:1] in "'\"" and value.strip()[:1] in "[({":
+        inner = _literal(value)
+        if isinstance(inner, (list, tuple, dict)):
+            return inner
+    return value
+
+
 def parse_grid(text: str) -> tuple[str, list]:
-    """``lr=1e-3,1e-4`` -> ("lr", [0.001, 0.0001]); values are Python literals when they parse."""
+    """``lr=1e-3,1e-4`` -> ("lr", [0.001, 0.0001]); values are Python literals when they parse
+    (``layers="[32,32]","[64,64]"`` -> two lists)."""
     key, values = parse_assignment(text, "--grid")
     items = _split_top_level(values)
     if any(not item for item in items):
         raise UsageError(f"--grid {text!r} has an empty value")
-    return key, [_literal(item) for item in items]
+    return key, [_value(item) for item in items]
 
 
 @magics_class
@@ -71,6 +82,12 @@ class ExperimentMagics(Magics):
     @argument("-e", "--experiment", help="experiment the runs belong to")
     @argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a param (Python literal or text)")
     @argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="sweep a param over values")
+    @argument("--sample", action="append", default=[], metavar="KEY=DIST",
+              help="draw a param at random: uniform(a,b), loguniform(a,b), choice(v1,v2), randint(a,b)")
+    @argument("-n", type=int, default=None, help="runs of a random sweep (with --sample)")
+    @argument("--seed", type=int, default=None, help="seed of a random sweep (default: drawn, and recorded)")
+    @argument("--config", metavar="NAME", default=None,
+              help="the cell's (or the notebook's) config object NAME is the base; KEYs set its fields")
     @argument("--gpus", type=float, default=0, help="GPUs per run (0.5 shares one)")
     @argument("--priority", type=int, default=5, help="0-10, higher runs first")
     @argument("--retries", type=int, default=0, help="attempts after a failure")
@@ -91,8 +108,13 @@ class ExperimentMagics(Magics):
         Inside the cell, ``run`` is the Run (``run.log(loss=...)``, ``run.progress(...)``,
         ``run.track(iterable)``, ``run.device``) and every param is a variable. A
         top-level assignment to a param's name in the cell (``lr = 1e-3``) is a default
-        that ``-p``/``--grid`` override. The value of a last bare expression is the run's
-        result. What the cell prints goes to its card, never to other cells.
+        that ``-p``/``--grid`` override. A dotted KEY (``optim.lr``) sets a nested param;
+        with ``--config config`` the cell's top-level ``config = MyConfig(...)`` (or the
+        notebook's ``config``) is the base, KEYs set its fields, it is validated before
+        anything is queued, and ``config`` in the cell is the resulting object. ``--sample
+        KEY=loguniform(1e-5,1e-1) -n 20 --seed 0`` queues a random sweep. The value of a
+        last bare expression is the run's result. What the cell prints goes to its card,
+        never to other cells.
 
         Examples::
 
@@ -102,6 +124,8 @@ class ExperimentMagics(Magics):
             %%experiment finetune --after 3f2a9c0d11e84b7a --wait
             %%experiment --capture tensorboard
             %%experiment --resume 3f2a9c0d11e84b7a -p epochs=20
+            %%experiment --config config -p optim.lr=1e-3 --grid model.layers="[32,32]","[64,64]"
+            %%experiment search --sample optim.lr=loguniform(1e-5,1e-1) -n 20 --seed 0
 
         Thread runs (the default) see the notebook's variables; process runs get copies
         of the ones the cell uses. Bad arguments queue nothing.
@@ -110,12 +134,13 @@ class ExperimentMagics(Magics):
         if not cell.strip():
             raise UsageError("the cell is empty: write the code to run under %%experiment")
         params = dict(parse_assignment(p) for p in args.param)
-        params = {k: _literal(v) for k, v in params.items()}
+        params = {k: _value(v) for k, v in params.items()}
         grid = dict(parse_grid(g) for g in args.grid)
-        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
-        if args.resume and len(combos) > 1:
-            raise UsageError("--resume continues one run; it cannot be combined with --grid")
-        jobs = self._submit(args, cell, params, combos)
+        if args.resume and (grid or args.sample):
+            raise UsageError("--resume continues one run; it cannot be combined with --grid or --sample")
+        if grid and args.sample:
+            raise UsageError("--grid and --sample do not mix: write --sample KEY=choice(V1,V2) to draw among values")
+        jobs = self._submit(args, cell, params, grid)
         from IPython.display import display
 
         from .widgets.run_card import RunCard, SweepView
@@ -124,31 +149,35 @@ class ExperimentMagics(Magics):
         if args.wait:
             _wait_or_cancel(jobs)
 
-    def _submit(self, args, cell: str, params: dict, combos: list[dict]) -> list:
+    def _submit(self, args, cell: str, params: dict, grid: dict) -> list:
+        from . import space
         from ._cell import CellFunction, referenced_names
-        from .scheduler.core import get_scheduler
-        from .scheduler.spec import validate
+        from .scheduler import sweeps
+        from .scheduler.api import submit
+        from .tracking.params import apply
 
-        names = set(params) | set(grid_key for combo in combos for grid_key in combo)
         try:
+            sample = dict(space.parse(s) for s in args.sample)
             source = self.shell.transform_cell(cell)
+            base = sweeps.cell_config(args.config, source, self.shell.user_ns) if args.config else None
+            names = {args.config} if args.config else {key.split(".")[0] for key in [*params, *grid, *sample]}
             if args.executor == "process":
                 used = referenced_names(source) - names - {"run"}
                 captured = {k: self.shell.user_ns[k] for k in used if k in self.shell.user_ns}
                 fn = CellFunction(source, names, captured=captured)
             else:
                 fn = CellFunction(source, names, namespace=self.shell.user_ns)
-            specs = [
-                validate(
-                    fn=fn, params={**params, **combo}, experiment=args.experiment,
-                    name=_name(args.name, combo), gpus=args.gpus, priority=args.priority, retries=args.retries,
-                    timeout=args.timeout, executor=args.executor, tags=args.tag, after=args.after, source=cell,
-                    capture=args.capture or None, resume=args.resume,
-                )
-                for combo in combos
-            ]
-            scheduler = get_scheduler()
-            return [scheduler.submit(spec) for spec in specs]
+            if args.config:
+                fn = sweeps.ConfigCall(fn, args.config, base)
+            options = dict(experiment=args.experiment, name=args.name, gpus=args.gpus, priority=args.priority,
+                           retries=args.retries, timeout=args.timeout, executor=args.executor, tags=args.tag,
+                           after=args.after, source=cell, capture=args.capture or None)
+            if sample:
+                return sweeps.sweep(fn, sample, params, base=base, method="random", n=args.n, seed=args.seed,
+                                    **options)
+            if grid:
+                return sweeps.sweep(fn, grid, params, base=base, **options)
+            return [submit(fn, apply(base, params), resume=args.resume, **options)]
         except NotebookExpError as exc:
             raise UsageError(str(exc)) from None
 
@@ -221,13 +250,6 @@ class ExperimentMagics(Magics):
         from ._viewing import view
 
         return view(port=args.port)
-
-
-def _name(base: str | None, combo: dict) -> str | None:
-    label = " ".join(f"{k}={v}" for k, v in combo.items())
-    if base and label:
-        return f"{base} {label}"
-    return base or label or None
 
 
 def _scheduler_jobs() -> list:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..exceptions import ConfigError
 from ..models import RunStatus
 from .core import get_scheduler
 from .job import Job
@@ -36,6 +34,7 @@ def submit(
     source: str | None = None,
     capture: list | None = None,
     resume: str | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> Job:
     """Queue ``fn(run, **params)`` to run in the background; returns its ``Job`` at once.
 
@@ -54,49 +53,38 @@ def submit(
     ``GpuUnavailable`` unless ``wait_for_gpus``. ``capture`` names framework calls
     the run captures (``["tensorboard"]``, see ``start_run``); ``resume`` is the id
     of a stored run to continue instead of a new one (``start_run(resume=True)``).
+    ``params`` may be nested, or a config object (pydantic model, dataclass, OmegaConf
+    config): stored as given, shown with dotted names. ``sweep`` is ``nx.sweep``'s.
     """
     spec = validate(
         fn=fn, params=params or {}, name=name, experiment=experiment, gpus=gpus, gpu_memory=gpu_memory,
         priority=priority, retries=retries, retry_backoff=retry_backoff, timeout=timeout, executor=executor,
         tags=tags or [], after=after, wait_for_gpus=wait_for_gpus, sinks=sinks, source=source, capture=capture,
-        resume=resume,
+        resume=resume, sweep=sweep,
     )
     return get_scheduler().submit(spec)
 
 
-def _combinations(grid: dict[str, Iterable] | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if isinstance(grid, dict):
-        keys = list(grid)
-        values = [list(v) if not isinstance(v, (str, bytes)) else [v] for v in grid.values()]
-        if any(not v for v in values):
-            raise ConfigError("every grid entry needs at least one value")
-        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-    combos = list(grid)
-    if not all(isinstance(c, dict) for c in combos):
-        raise ConfigError("a sweep takes a dict of value lists or a list of param dicts")
-    return combos
+def sweep(fn: Callable[..., Any], space=None, params: dict[str, Any] | None = None, *, base: Any = None,
+          method: str = "grid", n: int | None = None, seed: int | None = None, stop=None, **options: Any):
+    """Submit one run per point of ``space`` over ``base`` and ``params``; returns the ``Sweep``
+    (a list of jobs with ``id``, ``progress()``, ``best()``).
 
-
-def sweep(fn: Callable[..., Any], grid: dict[str, Iterable] | list[dict[str, Any]],
-          params: dict[str, Any] | None = None, **options: Any) -> list[Job]:
-    """Submit one run per combination of ``grid`` (merged over ``params``); returns the jobs.
-
-    Every combination is validated before any is queued. Each run gets its own
-    sinks, so ``sinks=`` takes names, ``Sink`` classes or factories here; a
-    ``Sink`` instance, which several runs would share, raises ``SinkError``.
+    ``space``: for a grid, a dict of value lists (every combination runs) or a
+    list of param dicts; for ``method="random"``, a dict of distributions
+    (``notebook_exp.space``: ``uniform``, ``loguniform``, ``choice``, ``randint``),
+    lists (one value is picked) and fixed values, of which ``n`` points are drawn
+    with ``seed``. Keys are dotted names (``"optim.lr"``) that set nested params
+    of ``base`` (a pydantic model, a dataclass, an OmegaConf config or a dict; a
+    typed base validates every point). ``stop`` (``nx.MedianStop``, ``nx.ASHA``)
+    stops runs that are clearly worse. ``options`` are ``submit``'s (``name`` is
+    prefixed to each run's varied values). Every point is validated before any is
+    queued; each run gets its own sinks, so ``sinks=`` takes names, classes or
+    factories (a ``Sink`` instance, which several runs would share, raises ``SinkError``).
     """
-    from .spec import check_signature, check_sinks
+    from . import sweeps
 
-    combos = [{**(params or {}), **combo} for combo in _combinations(grid)]
-    for combo in combos:
-        check_signature(fn, combo)
-    check_sinks(options.get("sinks"), runs=len(combos), retries=options.get("retries", 0))
-    base = options.pop("name", None)
-    jobs = []
-    for combo in combos:
-        label = " ".join(f"{k}={v}" for k, v in combo.items() if k not in (params or {}))
-        jobs.append(submit(fn, combo, name=f"{base} {label}" if base else (label or None), **options))
-    return jobs
+    return sweeps.sweep(fn, space, params, base=base, method=method, n=n, seed=seed, stop=stop, **options)
 
 
 def wait(jobs: Job | Iterable[Job], timeout: float | None = None) -> list[RunStatus]:

@@ -54,6 +54,9 @@ class ExperimentSpec(BaseModel):
         None, description="Sink names, Sink classes, factories or instances (default: the sinks setting)."
     )
     source: str | None = Field(None, description="Source code that produced the run (a cell, a function).")
+    sweep: dict[str, Any] | None = Field(
+        None, description="The sweep the run belongs to (id, method, size, seed, index, stop rule); nx.sweep sets it."
+    )
     capture: list[Any] | None = Field(
         None, description="Framework calls to capture into the run, e.g. ['tensorboard'] (default: the "
                           "capture_tensorboard setting)."

@@ -174,7 +174,10 @@ class Sweep(list):
         if metric is None:
             raise ConfigError("best() needs the metric to judge by (this sweep has no stop rule)")
         mode = mode or (self.rule.mode if self.rule else queries.best_goal(metric))
-        _runs, summary = queries.read(lambda conn: queries.compare_rows(conn, [job.run_id for job in self]))
+        if not self:
+            return None
+        store = self[0]._scheduler.store  # the store the sweep's runs are in
+        _runs, summary = queries.read(lambda conn: queries.compare_rows(conn, [job.run_id for job in self]), store=store)
         rows = summary[summary["key"] == metric].dropna(subset=[f"{mode}_value"])
         if not len(rows):
             return None
@@ -214,6 +217,8 @@ def sweep(fn: Callable[..., Any], space=None, params: dict[str, Any] | None = No
     varied values). Every point is validated before any is queued; each run
     gets its own sinks, so ``sinks=`` takes names, classes or factories.
     """
+    if options.get("resume"):
+        raise ConfigError("resume= continues one run: use nx.submit, not a sweep")
     points, seed = plan(space, params, base=base, method=method, n=n, seed=seed)
     check_sinks(options.get("sinks"), runs=len(points), retries=options.get("retries", 0))
     from .core import get_scheduler

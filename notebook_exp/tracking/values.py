@@ -27,6 +27,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ..exceptions import ConfigError, InvalidMetric
+from .params import to_plain
 
 MAX_KEY_LENGTH = 250
 STEP_LIMIT = 2**53  # steps are kept exactly (as float64) up to here
@@ -150,9 +151,12 @@ def _plain(name: str, value: Any) -> Any:
 
 
 def clean_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Params as plain JSON-able values; ``ConfigError`` naming the offending param."""
+    """Params as plain JSON-able values; ``ConfigError`` naming the offending param. A config
+    object (pydantic model, dataclass, OmegaConf config), at any depth, is taken as its
+    fields (``tracking.params.to_plain``): stored nested, as given."""
     if params is None:
         return {}
+    params = to_plain(params)
     if not isinstance(params, dict):
         raise ConfigError(f"params must be a dict, got {type(params).__name__}")
     out = {}
