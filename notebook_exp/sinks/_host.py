@@ -2,13 +2,17 @@
 
 Why: a sink busy in Python (MLflow's SQL store, TensorBoard's pure-Python
 checksums, W&B's per-row work) holds the GIL on its worker thread, and a training
-loop that gives the GIL up (numpy, torch, I/O) then waits up to the switch
-interval to get it back. Measured on 2 cores (``benchmarks/bench_sinks.py``): a
-loop with 3 such sinks in threads ran 4-8x slower per step than with duckdb
-alone; with them in the host, see docs/architecture.md §5.
+loop busy in Python waits for it.
 
-How: a sink whose ``process`` setting is true (default: ``Sink.isolated``, true
-for tensorboard, mlflow and wandb) is wrapped by the registry in a
+Measured on 2 cores (``benchmarks/bench_sinks.py``, a loop whose numpy work
+uses both cores, logging ~10k points/s): with tensorboard and mlflow on threads
+the loop ran 0.93x its duckdb-only time per step; with them in the host, 1.51x,
+because the host takes a core the loop's BLAS wanted. So no built-in sink is
+isolated by default; the host is for machines with cores to spare, or a sink
+that holds the GIL while the loop is pure Python.
+
+How: a sink whose ``process`` setting is true (default: ``Sink.isolated``,
+false for every built-in sink) is wrapped by the registry in a
 :class:`ProcessSink`. That proxy is an ordinary threaded sink in the training
 process: its worker thread applies the sink's route, sends each call (pickled;
 a metric batch is its arrays, a memory copy) to the host, and waits for the

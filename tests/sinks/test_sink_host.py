@@ -183,13 +183,12 @@ def _alive(pid):
         return False
 
 
-def test_builtin_remote_sinks_are_isolated_by_default_and_settings_can_say_otherwise(settings_env):
-    for name in ("tensorboard", "mlflow", "wandb"):
-        assert registry.load(name).isolated
-    assert not registry.load("duckdb").isolated and not registry.load("jsonl").isolated
-    (proxy,) = registry.resolve(["tensorboard"])
-    assert isinstance(proxy, ProcessSink) and proxy.name == "tensorboard"
-    settings_env(TENSORBOARD_PROCESS="false")
+def test_builtin_sinks_run_here_unless_their_settings_ask_for_the_host(settings_env):
+    for name in registry.available():
+        assert not registry.load(name).isolated
     (plain,) = registry.resolve(["tensorboard"])
     assert not isinstance(plain, ProcessSink)
+    settings_env(TENSORBOARD_PROCESS="true")
+    (proxy,) = registry.resolve(["tensorboard"])
+    assert isinstance(proxy, ProcessSink) and proxy.name == "tensorboard"
     assert isinstance(SinkSettings(process=True).process, bool)
