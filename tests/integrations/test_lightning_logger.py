@@ -5,8 +5,6 @@ from argparse import Namespace
 from collections import Counter
 
 import pytest
-
-lightning = pytest.importorskip("lightning")
 import torch  # noqa: E402
 from lightning.pytorch import LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402

@@ -7,14 +7,12 @@ real DuckDB.
 import threading
 
 import pytest
+import tensorboard  # noqa: F401 - the locked test environment has it
+import torch
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import notebook_exp as nx
 from notebook_exp.exceptions import ConfigError, RunCancelled
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("tensorboard")
-
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 ORIGINALS = {name: SummaryWriter.__dict__[name] for name in
              ("add_scalar", "add_scalars", "add_histogram", "add_image", "add_text", "add_hparams")}

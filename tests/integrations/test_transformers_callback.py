@@ -3,12 +3,11 @@
 import gc
 import json
 
-import pytest
-
-pytest.importorskip("transformers")
 # transformers.Trainer needs accelerate (transformers[torch]); see the module docstring of the integration
-pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate>=1.1")
+import accelerate  # noqa: F401 - the locked test environment has it
+import pytest
 import torch  # noqa: E402
+import transformers  # noqa: F401 - the locked test environment has it
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,

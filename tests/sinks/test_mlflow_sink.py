@@ -4,6 +4,7 @@ import json
 import sys
 import threading
 
+import mlflow  # noqa: F401 - the locked test environment has it
 import numpy as np
 import pytest
 from readback_mlflow import (
@@ -20,8 +21,6 @@ import notebook_exp as nx
 from notebook_exp import _plugins as plugins
 from notebook_exp.exceptions import SinkError
 from notebook_exp.models import MetricBatch, RunInfo
-
-pytest.importorskip("mlflow")
 
 METRICS_SQL = "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY key, step"
 

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import psutil
 import pytest
+import wandb  # noqa: F401 - the locked test environment has it
 from readback_wandb import find_run, same_points, store_points, verify
 
 import notebook_exp as nx
@@ -16,8 +17,6 @@ from notebook_exp.models import MetricBatch, RunInfo, RunStatus
 from notebook_exp.sinks import registry
 from notebook_exp.sinks.wandb import STEP_PREFIX, WandbSink, coarsen, wandb_id
 from notebook_exp.testing import shutdown
-
-pytest.importorskip("wandb")
 
 SINKS = ["duckdb", "wandb"]
 

@@ -128,7 +128,7 @@ def test_build_makes_a_config_like_the_base():
 
 
 def test_omegaconf_configs_are_plain_and_validated():
-    omegaconf = pytest.importorskip("omegaconf")
+    import omegaconf
     conf = omegaconf.OmegaConf.create({"optim": {"lr": 0.1, "name": "adam"}, "scaled": "${optim.lr}"})
     assert configs.to_plain(conf) == {"optim": {"lr": 0.1, "name": "adam"}, "scaled": 0.1}
     assert configs.apply(conf, {"optim.lr": 0.5})["optim"]["lr"] == 0.5

@@ -12,12 +12,11 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import notebook_exp as nx
 from notebook_exp.exceptions import InvalidMetric
 from notebook_exp.tracking.values import as_value, resolve
-
-torch = pytest.importorskip("torch")
 
 #: Operations that read a tensor's data on the host (a device sync on a GPU).
 READS = {"item", "tolist", "__float__", "__int__", "__bool__", "_local_scalar_dense", "cpu", "numpy", "to", "__repr__"}
