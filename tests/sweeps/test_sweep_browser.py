@@ -15,12 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "viewer"))
 
-from viewer_support import screenshot, start_viewer, stop_process  # noqa: E402
-
-EXPECT_TIMEOUT_MS = 20_000
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from viewer_support import EXPECT_TIMEOUT_MS, chromium, screenshot, start_viewer, stop_process  # noqa: E402
 
 MAKE_STORE = textwrap.dedent('''
     import json, math, time
@@ -75,13 +70,8 @@ def viewer(sweep_store):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

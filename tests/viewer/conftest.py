@@ -9,15 +9,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from viewer_support import make_sample_store, start_viewer, stop_process  # noqa: E402
-
-EXPECT_TIMEOUT_MS = 20_000  # a loaded 2-core machine renders slowly; assertions retry until then
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+from viewer_support import (  # noqa: E402
+    EXPECT_TIMEOUT_MS,
+    chromium,
+    make_sample_store,
+    start_viewer,
+    stop_process,
+)
 
 
 def _sample(tmp_path_factory):
@@ -61,13 +59,8 @@ def viewer(browser_store):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 class PageWatch:

@@ -3,6 +3,7 @@ a live run to start in a subprocess, and starting/stopping a real viewer server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -165,3 +166,26 @@ def screenshot(page, name: str) -> Path:
 if __name__ == "__main__":
     live_run_main(sys.argv[1], sys.argv[2], float(sys.argv[3]))
 
+
+
+EXPECT_TIMEOUT_MS = 20_000  # a loaded 2-core machine renders slowly; assertions retry until then
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's headless Chromium through Playwright, with assertions retrying for
+    ``EXPECT_TIMEOUT_MS`` (the ``browser`` fixtures of the viewer and sweep tests)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
