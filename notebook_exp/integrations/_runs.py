@@ -5,8 +5,12 @@
 into ``notebook_exp.current_run()`` and never ends it: its status follows the
 cell, the job or the ``with`` block. Outside one, the integration starts a run of
 its own on first use and ends it when training ends. A use after that (Lightning's
-``trainer.test``, Hugging Face's ``trainer.evaluate``) continues the same run id
-(``start_run(run_id=...)``), which then ends again.
+``trainer.test``, Hugging Face's ``trainer.evaluate``) resumes the same run
+(``start_run(run_id=..., resume=True)``: a ``resumed`` event, steps and params go
+on), which then ends again. An explicit run id (Lightning's ``version=``) resumes
+that run if the store holds it and starts it otherwise (``resume="allow"``); a
+training restarted from a checkpoint that names its run (:meth:`RunScope.resume`)
+resumes that one.
 
 **Trainings that never end** (:func:`training_started`, :func:`training_ended`).
 Hugging Face and Keras callbacks are not told when training raises. An own run
@@ -20,9 +24,8 @@ for a ``KeyboardInterrupt``), whichever comes first:
 * the interpreter exits (a shutdown step that runs before ``end_live_runs``, which
   would otherwise record ``completed``).
 
-**Other ranks** (:func:`join_run`): under ``torch.distributed`` a run is owned by
-rank 0; a non-zero rank that logs too writes points into that run through its own
-store writer and never touches the run's row or status.
+Other ranks of a distributed job write into rank 0's run through
+``tracking.join.join_run``.
 """
 
 from __future__ import annotations
@@ -40,14 +43,12 @@ from typing import Any
 
 from .. import _exit
 from ..exceptions import InvalidMetric
-from ..models import RunInfo, RunStatus
+from ..models import RunStatus
 from ..tracking.run import Run, current_run, outcome, start_run
 from ..tracking.values import as_value
 
 __all__ = [
-    "JoinedRun",
     "RunScope",
-    "join_run",
     "jsonable",
     "numeric",
     "training_ended",
@@ -120,7 +121,8 @@ class RunScope:
 
     ``get()`` resolves it on first use (and again once that run has ended); ``end``
     ends only a run of its own; ``new()`` forgets an ended own run, so the next
-    ``get()`` starts a fresh one instead of continuing it."""
+    ``get()`` starts a fresh one instead of continuing it; ``resume(run_id)`` makes
+    the next run it starts continue the stored run ``run_id``."""
 
     def __init__(self, *, name: str | None = None, experiment: str | None = None, run_id: str | None = None,
                  params: dict | None = None, tags=None, sinks=None, store=None) -> None:
@@ -133,6 +135,7 @@ class RunScope:
         self.store = store
         self.run: Run | None = None
         self.owned = False
+        self.resume_id: str | None = None
 
     @property
     def live(self) -> Run | None:
@@ -152,14 +155,24 @@ class RunScope:
             return current
         return self._start(name, experiment)
 
+    def resume(self, run_id: str) -> None:
+        """The next run this scope starts continues the stored run ``run_id`` (its
+        name and experiment stay; options given at construction must agree)."""
+        self.resume_id = run_id
+        if self.run is not None and self.run.status.terminal:
+            self.run, self.owned = None, False
+
     def _start(self, name: str | None, experiment: str | None) -> Run:
         previous = self.run if self.owned else None
-        if previous is not None:  # continue the same run: its id, name, experiment and params
-            run = start_run(previous.name, previous.experiment, previous.params, previous.tags, self.sinks,
-                            store=self.store, run_id=previous.run_id)
+        if previous is not None:  # resume the same run: its id, name, experiment and params go on
+            run = start_run(sinks=self.sinks, store=self.store, run_id=previous.run_id, resume=True)
+        elif self.resume_id is not None:
+            run = start_run(self.name, self.experiment, self.params, self.tags, self.sinks, store=self.store,
+                            run_id=self.resume_id, resume=True)
+            self.resume_id = None
         else:
             run = start_run(self.name or name, self.experiment or experiment, self.params, self.tags, self.sinks,
-                            store=self.store, run_id=self.run_id)
+                            store=self.store, run_id=self.run_id, resume="allow" if self.run_id else False)
         self.run, self.owned = run, True
         return run
 
@@ -259,52 +272,3 @@ def _after_cell(result) -> None:
     for run, thread in list(_open.values()):
         if thread == here:
             _abandon(weakref.ref(run), "the cell that ran it ended first", exc)
-
-
-# -- other ranks of a distributed job -------------------------------------------------------
-class JoinedRun(Run):
-    """Writes points into a run another process owns (rank 0 of a distributed job):
-    only metrics and only to the store; it never writes the run's row or status.
-    ``end`` flushes its points and stops."""
-
-    def _record_end(self, status, error, requeue=False, on_recorded=None) -> None:
-        _joined.pop(id(self), None)
-        if on_recorded is not None:
-            on_recorded()
-            return
-        try:
-            self._store.writer.flush(self.settings.lock_timeout, run_id=self.run_id)
-        except Exception:  # noqa: BLE001 - the owner's run must not fail for a rank's points
-            log.exception("rank points of run %s could not be stored", self.run_id)
-
-
-_joined: dict[int, JoinedRun] = {}  # id(run) -> run, until it ends
-
-
-def join_run(run_id: str, *, store=None) -> JoinedRun:
-    """A writer into the existing run ``run_id`` (owned by another process)."""
-    from ..config import get_settings
-    from ..sinks.duckdb import DuckDBSink
-    from ..store import get_store, utcnow
-    from ..tracking.flusher import flusher
-
-    settings = get_settings()
-    store_obj = get_store(store if store is not None else settings.store_path, settings=settings)
-    now = utcnow()
-    info = RunInfo(run_id=run_id, experiment="", name="", created_at=now, started_at=now,
-                   store_path=str(store_obj.path))
-    run = JoinedRun(info, settings, [DuckDBSink()], store_obj)
-    run._dispatcher.start()
-    _joined[id(run)] = run
-    _exit.on_shutdown(end_joined_runs, order=20, name="notebook_exp.integrations.end_joined_runs")
-    flusher.add(run)
-    return run
-
-
-def end_joined_runs() -> None:
-    """A shutdown step: flush and stop every joined run still open (idempotent)."""
-    for run in list(_joined.values()):
-        try:
-            run.end(RunStatus.COMPLETED, on_recorded=_nothing)
-        except Exception:  # noqa: BLE001 - never mask anything at shutdown
-            log.exception("ending joined run %s failed", run.run_id)

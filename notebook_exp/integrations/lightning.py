@@ -9,8 +9,22 @@ one when only that package is installed)::
 nx.start_run()``) the logger logs into ``nx.current_run()`` and leaves ending it to
 its owner. Outside one it starts its own run on first use and ends it in
 ``finalize``; a later ``trainer.test`` or second ``fit`` with the same logger
-continues that run (same id). ``name`` is the run's experiment and ``version`` its
-run id (``version=`` continues or creates that id); ``run_name=`` names the run.
+resumes that run (same id, a ``resumed`` event). ``name`` is the run's experiment and
+``version`` its run id: ``version=`` resumes that run if the store holds it (status
+``running`` again, params merged) and creates it otherwise; ``run_name=`` names the run.
+
+**Resuming from a checkpoint.** As with Lightning's own loggers (a
+``TensorBoardLogger``'s ``version``), the run to continue is named by ``version``::
+
+    trainer = Trainer(logger=NotebookExpLogger(version=run_id), max_epochs=10)
+    trainer.fit(model, data, ckpt_path="last")
+
+Lightning restores ``global_step`` from the checkpoint, so the resumed run's steps
+go on from there. A logger cannot see the checkpoint before its run starts, so a
+fit from a checkpoint without ``version=`` logs into a new run and warns; when the
+checkpoint lies where Lightning puts a ``NotebookExpLogger`` run's checkpoints
+(``<root>/<experiment>/<run id>/checkpoints/``) the warning names that run id.
+Points the first fit logged after the checkpoint stay as they were.
 
 **What maps where.**
 
@@ -51,8 +65,9 @@ from typing import Any
 
 from ..exceptions import MissingDependency
 from ..models import RunStatus
+from ..tracking.join import JoinedRun, join_run
 from ..tracking.run import Run, current_run, outcome
-from ._runs import JoinedRun, RunScope, join_run, jsonable, numeric
+from ._runs import RunScope, jsonable, numeric
 
 try:
     from lightning.pytorch.loggers.logger import DummyExperiment, Logger
@@ -173,6 +188,18 @@ class NotebookExpLogger(Logger):
         if params:
             self._run().log_params(params)
 
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """No graph is recorded; Lightning calls this at the start of each fit, where a
+        fit from a checkpoint into a new run of this logger's own is warned about."""
+        if self.rank > 0 or not self._scope.owned or self._version is not None:
+            return
+        trainer = getattr(model, "_trainer", None)
+        ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        run = self._scope.live
+        if not ckpt or run is None or run.info.resumed:
+            return
+        warnings.warn(resume_advice(str(ckpt), run), RuntimeWarning, stacklevel=2)
+
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         if not self.log_model or self.rank > 0:
             return
@@ -250,6 +277,18 @@ def as_params(params: Any) -> dict[str, Any]:
     elif not isinstance(params, Mapping):
         params = vars(params) if hasattr(params, "__dict__") else {"hparams": params}
     return {str(k): jsonable(v) for k, v in params.items() if str(k)}
+
+
+def resume_advice(ckpt: str, run: Run) -> str:
+    """The warning for a fit from checkpoint ``ckpt`` that logs into the new run ``run``."""
+    from pathlib import Path
+
+    path = Path(ckpt)
+    guess = path.parent.parent.name if path.parent.name == "checkpoints" else ""
+    text = f"the fit resumes from checkpoint {ckpt}, but logs into a new run {run.run_id}"
+    if guess and guess != run.run_id:
+        return f"{text}; the checkpoint is run {guess}'s: NotebookExpLogger(version={guess!r}) continues that run"
+    return f"{text}; NotebookExpLogger(version=<the checkpoint's run id>) continues that run"
 
 
 def fit_outcome(status: str) -> tuple[RunStatus, str | None]:

@@ -33,6 +33,18 @@ there is one): it never stays ``running`` nor ends ``completed``.
   they are the ``params.args`` and ``params.model`` columns. Values that are not
   JSON-like are recorded as their ``str``.
 * Only the world's process zero logs (``state.is_world_process_zero``).
+
+**Resuming from a checkpoint.** The callback is an ``ExportableState``: each
+checkpoint's ``trainer_state.json`` keeps the id of the run it logs into.
+``trainer.train(resume_from_checkpoint=...)`` then resumes that run (a ``resumed``
+event; the losses go on at the checkpoint's ``global_step``, params merge) instead
+of starting a new one, whether the callback is the same object or a new one (also
+with ``restore_callback_states_from_checkpoint=True``, which rebuilds the callback
+from its JSON-like options: ``sinks`` given as objects are not among them; the
+rebuilt callback comes after Hugging Face's progress printer, which removes
+``total_flos`` from the last logs before it sees them). Points
+the first training logged after that checkpoint stay as they were, so the steps
+between the checkpoint and where that training stopped hold two values.
 """
 
 from __future__ import annotations
@@ -57,13 +69,17 @@ try:
     from transformers import TrainerCallback
 except ImportError as _missing:
     raise MissingDependency("transformers", "transformers") from _missing
+try:
+    from transformers.trainer_callback import ExportableState
+except ImportError:  # transformers before 4.41 keeps no callback state in checkpoints
+    ExportableState = object
 
 __all__ = ["NotebookExpCallback"]
 
 DEFAULT_EXPERIMENT = "huggingface"  # TrainingArguments.project's default too
 
 
-class NotebookExpCallback(TrainerCallback):
+class NotebookExpCallback(TrainerCallback, ExportableState):
     """Logs a ``transformers.Trainer``'s logs and arguments into notebook_exp (see
     the module docstring). ``experiment``, ``run_name``: of a run it starts (default:
     ``args.project``, ``args.run_name``); ``params``, ``tags``, ``sinks``, ``store``: as
@@ -74,6 +90,12 @@ class NotebookExpCallback(TrainerCallback):
                  store: str | os.PathLike | None = None) -> None:
         self._scope = RunScope(name=run_name, experiment=experiment, tags=tags, sinks=sinks, store=store)
         self._params = dict(params or {})
+        self._options = {"experiment": experiment, "run_name": run_name, "params": jsonable(self._params),
+                         "tags": tags, "store": None if store is None else os.fspath(store)}
+        if sinks is None or all(isinstance(sink, str) for sink in sinks):
+            self._options["sinks"] = sinks
+        #: Set by ``restore_callback_states_from_checkpoint``: the checkpoint's run.
+        self.resume_run_id: str | None = None
 
     @property
     def run(self) -> Run | None:
@@ -87,6 +109,10 @@ class NotebookExpCallback(TrainerCallback):
         if self._scope.owned and is_training(previous):
             abandon(previous)  # the last train() never reached its end
         self._scope.new()
+        resumed = checkpoint_run(state, type(self).__name__, self.resume_run_id)
+        self.resume_run_id = None
+        if resumed is not None:
+            self._scope.resume(resumed)
         run = self._run(args)
         run.log_params({**self._params, **train_params(args, model)})
         if self._scope.owned:
@@ -98,6 +124,12 @@ class NotebookExpCallback(TrainerCallback):
         values = numeric(logs)
         if values:
             self._run(args).log(step=state.global_step, **values)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this callback (``ExportableState``): its JSON-like
+        options and the id of the run it logs into."""
+        run = self._scope.run
+        return {"args": dict(self._options), "attributes": {"resume_run_id": run.run_id if run is not None else None}}
 
     def _run(self, args) -> Run:
         return self._scope.get(name=args.run_name, experiment=getattr(args, "project", None) or DEFAULT_EXPERIMENT)
@@ -118,6 +150,22 @@ class NotebookExpCallback(TrainerCallback):
         """``evaluate()``/``predict()`` after training logged into the own run again: end it."""
         if state.is_world_process_zero and not is_training(self._scope.run):
             self._scope.end(RunStatus.COMPLETED)
+
+
+def checkpoint_run(state, name: str, restored: str | None = None) -> str | None:
+    """The run id a checkpoint being resumed from keeps for the callback class
+    ``name`` (None for a training that starts from step 0): ``restored`` when
+    Hugging Face rebuilt the callback from it, else ``state.stateful_callbacks``."""
+    if not state.global_step:
+        return None
+    if restored:
+        return restored
+    saved = (getattr(state, "stateful_callbacks", None) or {}).get(name)
+    for entry in saved if isinstance(saved, list) else [saved]:
+        run_id = ((entry or {}).get("attributes") or {}).get("resume_run_id")
+        if isinstance(run_id, str) and run_id:
+            return run_id
+    return None
 
 
 def train_params(args, model=None) -> dict[str, Any]:

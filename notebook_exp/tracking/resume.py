@@ -14,9 +14,11 @@ A run is refused while a live process owns it, the way lost-run recovery tells
 (``store.core``): its status is ``running`` (or ``queued`` by another process's
 scheduler) and its ``pid`` is alive on this host with the same ``pid_started``
 (this process owns it while it is one of its live runs). A ``running`` run of
-another host cannot be checked and is refused too. Without ``resume=True``,
-``start_run(run_id=...)`` starts the given id as before (the scheduler starts
-its queued runs so): steps count from 0 again.
+another host cannot be checked and is refused too. ``resume="allow"``
+continues the run if the store holds it and starts it under that id otherwise
+(W&B's ``resume="allow"``; the framework integrations use it for an explicit run
+id). Without ``resume``, ``start_run(run_id=...)`` starts the given id as before
+(the scheduler starts its queued runs so): steps count from 0 again.
 """
 
 from __future__ import annotations
@@ -52,16 +54,18 @@ class Resumed:
     rich_next: dict[str, int] = field(default_factory=dict)
 
 
-def load(store, run_id: str, timeout: float, live: set[str]) -> Resumed:
+def load(store, run_id: str, timeout: float, live: set[str], missing_ok: bool = False) -> Resumed | None:
     """The stored run ``run_id`` of ``store``, checked resumable: ``ConfigError`` if the
-    store holds no such run or a live process owns it (``live``: this process's live
-    run ids)."""
+    store holds no such run (None instead with ``missing_ok``) or a live process owns
+    it (``live``: this process's live run ids)."""
     from ..store.queries.access import read
     from ..store.queries.detail import resume_state
 
     store.writer.flush(timeout)  # this process's own writes of the run first
     state = read(lambda conn: resume_state(conn, run_id), store=store, timeout=timeout) if store.path.exists() else None
     if state is None:
+        if missing_ok:
+            return None
         raise ConfigError(f"cannot resume run {run_id!r}: store {store.path} holds no such run")
     holder = owner(state, run_id in live)
     if holder is not None:

@@ -557,7 +557,7 @@ def start_run(
     store: str | os.PathLike | None = None,
     settings: Settings | None = None,
     run_id: str | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     capture: list | str | None = None,
     columns: dict[str, Any] | None = None,
     gpu_inventory=None,
@@ -577,7 +577,8 @@ def start_run(
     ``running`` again with a ``resumed`` event, automatic steps after each key's
     stored last step, the stored params updated by ``params``, the stored tags
     plus ``tags`` (``ConfigError`` if there is no such run, or a live process owns
-    it, naming its PID; see ``tracking.resume``). ``capture`` names framework
+    it, naming its PID; see ``tracking.resume``); ``resume="allow"`` continues it
+    if the store holds it and starts it fresh under that id otherwise. ``capture`` names framework
     plugins whose own logging calls made in this thread go to the run:
     ``capture=["tensorboard"]`` captures ``SummaryWriter.add_scalar`` and friends,
     ``[("tensorboard", {"write": False})]`` without the writer's own files
@@ -592,8 +593,11 @@ def start_run(
     store_obj = get_store(store if store is not None else settings.store_path, settings=settings)
     params = clean_params(params)
     tags = clean_tags(tags)
+    if resume not in (False, True, "allow"):
+        raise ConfigError(f"resume={resume!r}: use True (the run must be stored), 'allow' (continue it if stored) "
+                          "or False")
     if resume and run_id is None:
-        raise ConfigError("resume=True continues a stored run: pass its run_id")
+        raise ConfigError(f"resume={resume!r} continues a stored run: pass its run_id")
     starters = captures.prepare(capture, settings)  # bad entries fail before anything is recorded
     sink_objs = registry.resolve(settings.sinks if sinks is None else sinks)
     existing = run_id is not None
@@ -602,16 +606,17 @@ def start_run(
     held = not store_obj.ensure(timeout=0)
     resumed = None
     if resume:
-        resumed = resuming.load(store_obj, run_id, settings.lock_timeout, set(_live))
+        resumed = resuming.load(store_obj, run_id, settings.lock_timeout, set(_live), missing_ok=resume == "allow")
+    if resumed is not None:
         name, experiment, params, tags = resuming.merged(resumed, name, experiment, params, tags)
     experiment = experiment or "default"
     name = name or f"{experiment}-{run_id[:6]}"
     info = RunInfo(
         run_id=run_id, experiment=experiment, name=name, params=params, tags=tags,
         created_at=resumed.created_at if resumed else now, started_at=resumed.started_at if resumed else now,
-        store_path=str(store_obj.path), resumed=bool(resume),
+        store_path=str(store_obj.path), resumed=resumed is not None,
     )
-    if held and not resume:
+    if held and resumed is None:
         _warn_held(store_obj, run_id)
     run = Run(info, settings, sink_objs, store_obj)
     run.gpus = list((columns or {}).get("gpus") or [])

@@ -1,6 +1,7 @@
 """NotebookExpLogger in real (tiny) Lightning fits on the CPU."""
 
 import csv
+import json
 from argparse import Namespace
 from collections import Counter
 
@@ -44,8 +45,8 @@ def loaders():
 
 
 def trainer(tmp_path, loggers, **options):
-    options = {"enable_checkpointing": False, **options}
-    return Trainer(max_epochs=2, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+    options = {"enable_checkpointing": False, "max_epochs": 2, **options}
+    return Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
                    logger=loggers, default_root_dir=tmp_path, log_every_n_steps=2, **options)
 
 
@@ -173,3 +174,55 @@ def test_a_pickled_logger_continues_the_same_run(tmp_path):
     copy.log_metrics({"a": 2.0}, step=1)
     assert copy.version == logger.version and copy.run.status.value == "running"
     copy.finalize("success")
+
+
+def events_of(read_only, store_path, run_id, event):
+    return read_only(store_path, "SELECT detail FROM events WHERE run_id=? AND event=? ORDER BY ts", [run_id, event])
+
+
+def test_a_fit_resumed_from_its_checkpoint_continues_the_same_run(tmp_path, points, run_rows, read_only, store_path):
+    train, val = loaders()
+    first = NotebookExpLogger(name="resume", params={"phase": 1})
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [first], enable_checkpointing=True, callbacks=[checkpoints]).fit(TinyMLP(), train, val)
+    run_id = first.version
+    before = points(run_id)
+    last_step = max(step for key, step, _ in before if key == "train_loss_step")
+
+    # a new process would build a new logger: the run is named by version=, the checkpoint gives the steps
+    again = NotebookExpLogger(name="resume", version=run_id, params={"phase": 2})
+    log = CSVLogger(tmp_path / "csv")
+    resumed = trainer(tmp_path, [again, log], enable_checkpointing=True, max_epochs=4,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")])
+    resumed.fit(TinyMLP(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+    assert again.version == run_id and list(run_rows()) == [run_id]
+    assert run_rows()[run_id][1:3] == ("resume", "completed")
+    after = points(run_id)
+    assert Counter(before) <= Counter(after)  # the first fit's points stay, every one
+    new = sorted(set(after) - set(before))
+    assert new and min(step for key, step, _ in new if key == "train_loss_step") > last_step
+    # no step holds two values (Lightning logs "epoch" with every call at a step: the same value again)
+    assert len({(key, step) for key, step, _ in after}) == len(set(after))
+    assert set(csv_points(f"{log.log_dir}/metrics.csv")) == set(new)  # what the resumed fit logged, and only that
+    ((params,),) = read_only(store_path, "SELECT params FROM runs WHERE run_id=?", [run_id])
+    assert json.loads(params)["phase"] == 2 and json.loads(params)["hidden"] == 8
+    assert len(events_of(read_only, store_path, run_id, "resumed")) == 1
+
+
+def test_a_fit_from_a_checkpoint_without_version_warns_with_the_run_id(tmp_path, run_rows):
+    train, val = loaders()
+    first = NotebookExpLogger(name="resume")  # checkpoints go where Lightning puts this logger's: <exp>/<run>/
+    trainer(tmp_path, [first], enable_checkpointing=True, max_epochs=1).fit(TinyMLP(), train, val)
+    ckpt = next((tmp_path / "resume" / first.version / "checkpoints").glob("*.ckpt"))
+    second = NotebookExpLogger(name="resume")
+    with pytest.warns(RuntimeWarning, match=f"NotebookExpLogger\\(version='{first.version}'\\) continues"):
+        trainer(tmp_path, [second], max_epochs=2).fit(TinyMLP(), train, val, ckpt_path=str(ckpt))
+    assert second.version != first.version and set(run_rows()) == {first.version, second.version}
+
+
+def test_a_version_the_store_does_not_hold_starts_that_run(tmp_path, run_rows):
+    train, val = loaders()
+    logger = NotebookExpLogger(name="named", version="my-run-1")
+    trainer(tmp_path, [logger], max_epochs=1).fit(TinyMLP(), train, val)
+    assert run_rows()["my-run-1"][1:3] == ("named", "completed")

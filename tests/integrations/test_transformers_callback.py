@@ -33,8 +33,9 @@ def make_trainer(tmp_path, callback, *, extra=(), max_steps=20, **options):
     torch.manual_seed(0)
     config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                         vocab_size=100, max_position_embeddings=16)
+    options = {"save_strategy": "no", **options}
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=max_steps, logging_steps=2,
-                             per_device_train_batch_size=4, report_to="none", use_cpu=True, save_strategy="no",
+                             per_device_train_batch_size=4, report_to="none", use_cpu=True,
                              disable_tqdm=True, learning_rate=1e-3, **options)
     data = dataset()
     return Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=data, eval_dataset=data[:8],
@@ -112,3 +113,46 @@ def test_a_new_training_ends_the_abandoned_one_failed(tmp_path, run_rows):
     second = callback.run.run_id
     rows = run_rows()
     assert first != second and rows[first][2] == "failed" and rows[second][2] == "completed"
+
+
+def history_points(history):
+    return sorted((key, entry["step"], float(value)) for entry in history for key, value in entry.items()
+                  if key != "step" and isinstance(value, (int, float)))
+
+
+@pytest.mark.parametrize("restore", [False, True], ids=["new-callback", "restored-callback"])
+def test_training_resumed_from_a_checkpoint_continues_its_run(tmp_path, points, run_rows, read_only, store_path,
+                                                               restore):
+    first = make_trainer(tmp_path, NotebookExpCallback(experiment="hf", store=store_path), max_steps=8,
+                         save_strategy="steps", save_steps=8)
+    first.train()
+    ((run_id, row),) = run_rows().items()
+    assert (tmp_path / "out" / "checkpoint-8" / "trainer_state.json").is_file()
+
+    # a later process: a new Trainer and a new callback, training on from the checkpoint to step 16
+    callback = NotebookExpCallback(experiment="hf", store=store_path)
+    again = make_trainer(tmp_path, callback, max_steps=16, restore_callback_states_from_checkpoint=restore)
+    again.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-8"))
+
+    ours = [cb for cb in again.callback_handler.callbacks if isinstance(cb, NotebookExpCallback)]
+    assert len(ours) == 1 and ours[0].run.run_id == run_id  # (a rebuilt callback when restore=True)
+    assert run_rows() == {run_id: row} and row[1:] == ("hf", "completed", None)
+    stored = points(run_id)
+    # log_history of the resumed training holds the checkpoint's entries and the new ones; one train_runtime
+    # entry each training wrote at its end is in the store besides (the first one is not in the checkpoint)
+    expected = history_points(again.state.log_history)
+    end_of_first = history_points(first.state.log_history[-1:])
+    if restore:  # the rebuilt callback comes after Hugging Face's printer, which pops total_flos from the logs
+        expected = [p for p in expected if not (p[0] == "total_flos" and p[1] == 16)]
+    assert sorted(expected + end_of_first) == stored
+    losses = [step for key, step, _ in stored if key == "loss"]
+    assert losses == list(range(2, 17, 2))  # each step once
+    assert len(read_only(store_path, "SELECT 1 FROM events WHERE run_id=? AND event='resumed'", [run_id])) == 1
+
+
+def test_a_fresh_training_after_a_resumable_one_starts_a_new_run(tmp_path, run_rows):
+    callback = NotebookExpCallback()
+    make_trainer(tmp_path, callback, max_steps=4, save_strategy="steps", save_steps=4).train()
+    first = callback.run.run_id
+    make_trainer(tmp_path, callback, max_steps=4).train()  # from step 0: not a resume
+    assert callback.run.run_id != first and len(run_rows()) == 2

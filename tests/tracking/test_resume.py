@@ -77,6 +77,19 @@ def test_resuming_needs_a_stored_run(store_path):
         nx.start_run(run_id=run.run_id, resume=True, experiment="other")
 
 
+def test_resume_allow_continues_a_stored_run_and_starts_an_unknown_id(store_path, read_only):
+    with nx.start_run(run_id="fresh-id", resume="allow", experiment="e") as run:
+        run.log(loss=1.0)
+    assert not run.info.resumed
+    with nx.start_run(run_id="fresh-id", resume="allow") as again:
+        again.log(loss=2.0)
+    assert again.info.resumed and again.experiment == "e"
+    assert read_only(store_path, "SELECT step, value FROM metrics ORDER BY step") == [(0, 1.0), (1, 2.0)]
+    assert read_only(store_path, "SELECT count(*) FROM events WHERE event = 'resumed'") == [(1,)]
+    with pytest.raises(ConfigError, match="resume='yes'"):
+        nx.start_run(run_id="fresh-id", resume="yes")
+
+
 def test_a_run_live_in_this_process_is_not_resumed(store_path):
     with nx.start_run() as run:
         with pytest.raises(ConfigError, match=f"this process \\({os.getpid()}\\)"):
