@@ -71,7 +71,8 @@ def train(run, lr: float, batch_size: int, steps: int, seed: int = 0, eval_every
             idx = rng.integers(0, len(x), size=batch_size)
             xb, yb = x[idx], y[idx]
             p = 1.0 / (1.0 + np.exp(-(xb @ w)))
-            loss = float(-np.mean(yb * np.log(p + 1e-12) + (1 - yb) * np.log(1 - p + 1e-12)))
+            q = np.clip(p, 1e-12, 1 - 1e-12)  # a saturated prediction costs at most -log(1e-12), never below 0
+            loss = float(-np.mean(yb * np.log(q) + (1 - yb) * np.log(1 - q)))
             ema, norm = SMOOTHING * ema + (1 - SMOOTHING) * loss, SMOOTHING * norm + (1 - SMOOTHING)
             run.log(loss=loss, loss_smooth=ema / norm, step=step)
             if not np.isfinite(loss) or (step >= max(1, steps // 10) and ema / norm > CHANCE):

@@ -8,11 +8,12 @@ their store). In a notebook it shows as an HTML table with coloured status
 cells and its columns grouped under run / params / metrics, every value
 escaped. ``RunsTable.plot(key)`` replaces pandas' plot accessor: it draws one
 line per run of the metric ``key`` in an interactive bokeh figure (a
-``MetricPlot``). BokehJS travels in the notebook itself, once: the first chart a
-kernel shows carries the bundle (gzip-compressed, about 470 kB instead of
-1.3 MB), later charts only their data and a script that waits for it, so a
-notebook with many charts stays light and still renders in JupyterLab without
-internet or a CDN. ``pandas.DataFrame(table).plot`` gives pandas' plotting back.
+``MetricPlot``). A chart carries only its own data and a short script: BokehJS
+comes once per page from the Jupyter server showing the notebook (bokeh's own
+``bokeh.min.js``, which Panel's server extension serves), so a notebook with
+many charts stays light and still renders in JupyterLab without internet or a
+CDN. ``MetricPlot.to_html()`` makes a standalone fragment that carries BokehJS.
+``pandas.DataFrame(table).plot`` gives pandas' plotting back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import html
 import itertools
 import os
+import re
 from datetime import datetime
 from typing import Any
 
@@ -250,10 +252,15 @@ def _hover(lines: list, smooth: float):
                      formatters={"@ts": "datetime", "@value": "printf", "@raw": "printf"})
 
 
-# -- BokehJS, once per notebook ----------------------------------------------------
-BOKEHJS_ATTR = "data-nx-bokehjs"  # marks the one output that carries the bundle (its value: the version)
-DEFAULT_BOKEHJS_TIMEOUT_MS = 20_000  # how long a chart waits for the bundle before it says it is missing
-_carrier: tuple[object, int] | None = None  # (cell, execution count) of the output that carries BokehJS
+# -- BokehJS: one copy per page, from the Jupyter server ------------------------------
+#: Where a Jupyter server serves bokeh's own static files (``bokeh/server/static``):
+#: the route of Panel's server extension (``panel.io.jupyter_server_extension``),
+#: which panel's wheel enables, relative to the server's base URL.
+BOKEHJS_ROUTE = "panel-preview/static/js/bokeh.min.js"
+BOKEHJS_ATTR = "data-nx-bokehjs"  # marks a fragment that carries BokehJS itself (its value: the version)
+NOTE_CLASS = "nx-plot-note"  # the text a page without JavaScript (or an untrusted notebook) shows instead
+NOTE = ("This chart is drawn by JavaScript: run its cell, or trust the notebook "
+        "(jupyter trust NOTEBOOK.ipynb), to see it.")
 _bundle: str | None = None
 
 
@@ -273,11 +280,12 @@ def _bokehjs_bundle() -> str:
     return _bundle
 
 
-def _bokehjs_loader() -> str:
-    """A script that defines BokehJS on the page from the compressed bundle, at most once per page.
+def _bokehjs_inline() -> str:
+    """A script that defines BokehJS on the page from the compressed bundle (about
+    470 kB), at most once per page: for a standalone page (``to_html()``).
 
     ``window.__nxBokehJS`` is the promise charts wait on; a page that already has
-    this version of BokehJS (another output loaded it) resolves at once."""
+    this version of BokehJS resolves at once."""
     import bokeh
 
     version = bokeh.__version__
@@ -301,72 +309,70 @@ def _bokehjs_loader() -> str:
     )
 
 
-def _current_cell() -> tuple[object, int] | None:
-    """(cell, execution count) of the notebook cell running now; None outside IPython.
+# The script of every chart: draw once BokehJS is on the page. The first chart of a
+# page without it adds one <script> for BOKEHJS_ROUTE under the Jupyter server's base
+# URL (JupyterLab and Notebook 7 keep it in #jupyter-config-data, classic Notebook in
+# <body data-base-url>); the others wait on the same promise. Every name is a
+# placeholder replaced by _chart_script.
+_CHART_JS = """\
+(function(root) {
+  const el = document.getElementById(DIV_ID);
+  function embed() {
+    if (el) { el.querySelectorAll("." + NOTE_CLASS).forEach((note) => note.remove()); }
+EMBED
+  }
+  function say(text) {
+    if (el) { el.querySelectorAll("." + NOTE_CLASS).forEach((note) => { note.textContent = text; }); }
+  }
+  function base() {
+    const config = document.getElementById("jupyter-config-data");
+    if (config) { try { return JSON.parse(config.textContent).baseUrl || null; } catch (e) {} }
+    return (document.body && document.body.getAttribute("data-base-url")) || null;
+  }
+  if (root.Bokeh !== undefined) { embed(); return; }
+  if (root.__nxBokehJS === undefined) {
+    root.__nxBokehJS = new Promise(function(resolve, reject) {
+      const url = base();
+      if (url === null) { reject(new Error(NOT_JUPYTER)); return; }
+      const tag = document.createElement("script");
+      tag.src = url.replace(/\\/?$/, "/") + ROUTE + "?v=" + VERSION;
+      tag.onload = () => (root.Bokeh !== undefined ? resolve(root.Bokeh) : reject(new Error(NOT_LOADED + tag.src)));
+      tag.onerror = () => reject(new Error(NOT_LOADED + tag.src + FIX));
+      document.head.appendChild(tag);
+    });
+  }
+  root.__nxBokehJS.then(embed, (error) => say(error.message));
+})(window);
+"""
+_NOT_JUPYTER = ("BokehJS was not loaded: this page is not served by a Jupyter server, "
+                "which charts take BokehJS from (MetricPlot.to_html() makes a standalone page).")
+_NOT_LOADED = "BokehJS was not loaded from "
+_FIX = (": is Panel's Jupyter server extension enabled? "
+        "(jupyter server extension enable panel.io.jupyter_server_extension, then restart Jupyter)")
 
-    The cell is its id when the frontend sends one (JupyterLab does), else its source."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        return None
-    shell = get_ipython()
-    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
-    if result is None or getattr(result, "info", None) is None:
-        return None
-    info = result.info
-    return (info.cell_id or info.raw_cell), result.execution_count
 
+def _chart_script(embed: str, div_id: str) -> str:
+    """Bokeh's embed script ``embed``, run once the page has BokehJS (loading it from the
+    Jupyter server when no output did yet); the chart's note says why if it cannot be."""
+    import json
 
-def _claim_bokehjs() -> bool:
-    """Whether the chart being shown now must carry BokehJS.
+    import bokeh
 
-    True for the first chart of a kernel, and again when the cell whose output
-    carried it runs again (that output, and the bundle with it, is being replaced).
-    Outside a cell (a plain script, a thread) every chart carries it."""
-    global _carrier
-    cell = _current_cell()
-    if cell is None:
-        return True
-    if _carrier is None or (_carrier[0] == cell[0] and _carrier[1] != cell[1]):
-        _carrier = cell
-        return True
-    return False
-
-
-def _waiting_script(script: str, div_id: str) -> str:
-    """Bokeh's embed script, run once the page's BokehJS is there; a note in the chart if it never comes."""
-    return (
-        '<script type="text/javascript">\n'
-        "(function(root) {\n"
-        "  function embed() {\n"
-        f"{script}\n"
-        "  }\n"
-        "  if (root.Bokeh !== undefined) { embed(); return; }\n"
-        "  if (root.__nxBokehJS !== undefined) { root.__nxBokehJS.then(embed); return; }\n"
-        "  const started = Date.now();\n"
-        "  const timer = setInterval(function() {\n"
-        "    if (root.Bokeh !== undefined || root.__nxBokehJS !== undefined) {\n"
-        "      clearInterval(timer); (root.__nxBokehJS || Promise.resolve()).then(embed);\n"
-        f"    }} else if (Date.now() - started > {DEFAULT_BOKEHJS_TIMEOUT_MS}) {{\n"
-        "      clearInterval(timer);\n"
-        f'      const el = document.getElementById("{div_id}");\n'
-        "      if (el) el.textContent = 'BokehJS is not loaded on this page: the output of the notebook\\'s '\n"
-        "        + 'first chart carries it. Run that cell again (or any .plot() after a kernel restart).';\n"
-        "    }\n"
-        "  }, 50);\n"
-        "})(window);\n"
-        "</script>"
-    )
+    values = {"DIV_ID": div_id, "NOTE_CLASS": NOTE_CLASS, "NOT_JUPYTER": _NOT_JUPYTER, "NOT_LOADED": _NOT_LOADED,
+              "FIX": _FIX, "ROUTE": BOKEHJS_ROUTE, "VERSION": bokeh.__version__}
+    code = re.sub(r"\b(" + "|".join(values) + r")\b", lambda m: json.dumps(values[m[1]]), _CHART_JS)
+    return f'<script type="text/javascript">\n{code.replace("EMBED", embed, 1)}</script>'
 
 
 class MetricPlot:
     """An interactive bokeh chart of one metric over runs (the bokeh figure is ``figure``).
 
-    In a notebook it renders inline with BokehJS from the notebook itself (no
-    internet, no CDN, no iframe): the first chart of a kernel carries the
-    bundle, compressed, and later ones wait for it, so saved notebooks keep
-    working offline and stay light. Its plain text is ``<MetricPlot loss: 4
-    runs>``. ``to_html()`` gives a fragment that carries its own BokehJS.
+    In a notebook it renders inline (no CDN, no iframe, no internet) and carries
+    only its own data: BokehJS comes once per page from the Jupyter server that
+    shows the notebook, which serves bokeh's own ``bokeh.min.js`` (Panel's server
+    extension, enabled by panel's install). Saved notebooks stay light and draw
+    when reopened, once trusted. Its plain text is ``<MetricPlot loss: 4 runs>``.
+    ``to_html()`` gives a standalone fragment that carries BokehJS itself.
     """
 
     def __init__(self, figure: Any, key: str, runs: int) -> None:
@@ -378,19 +384,20 @@ class MetricPlot:
         return f"<MetricPlot {self.key}: {self.runs} run{'' if self.runs == 1 else 's'}>"
 
     def to_html(self, bokehjs: bool = True) -> str:
-        """An HTML fragment: the figure's div and script, with BokehJS (compressed) first
-        when ``bokehjs`` is true; without it the chart waits for BokehJS that another
-        output on the page provides."""
+        """An HTML fragment: the figure's div and script. With ``bokehjs`` it carries
+        BokehJS (compressed, about 470 kB) and draws on any page, offline; without it,
+        it takes BokehJS from the page, loading it once from the Jupyter server."""
         from bokeh.embed import components
 
         script, div = components(self.figure, wrap_script=False)
         div_id = f"nx-plot-{self.figure.id}"
-        loader = _bokehjs_loader() if bokehjs else ""
-        return (f'<div class="nx-metric-plot">{loader}<div id="{div_id}">{div}</div>'
-                f"{_waiting_script(script, div_id)}</div>")
+        loader = _bokehjs_inline() if bokehjs else ""
+        note = f'<p class="{NOTE_CLASS}">{html.escape(NOTE)}</p>'
+        return (f'<div class="nx-metric-plot">{loader}<div id="{div_id}">{note}{div}</div>'
+                f"{_chart_script(script, div_id)}</div>")
 
     def _repr_html_(self) -> str:
-        return self.to_html(bokehjs=_claim_bokehjs())
+        return self.to_html(bokehjs=False)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {"text/html": self._repr_html_(), "text/plain": repr(self)}

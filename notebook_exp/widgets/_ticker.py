@@ -27,6 +27,7 @@ class Ticker(Ticking):
         super().__init__(1.0 / rate)
         self._widgets: list = []
         self._lock = threading.Lock()
+        self._stepping = threading.Lock()  # one step at a time: the thread's or flush()'s
 
     def __contains__(self, widget) -> bool:
         """Whether ``widget`` is still refreshed (it leaves once its ``tick()`` returned False)."""
@@ -40,6 +41,17 @@ class Ticker(Ticking):
         self.ensure_started()
 
     def step(self) -> None:
+        with self._stepping:
+            self._step()
+
+    def flush(self) -> None:
+        """Redraw every live widget now, in the calling thread. A cell that waited for
+        runs calls it before it returns, so the cards' final state goes out with that
+        cell: Jupyter clients (nbclient, so a saved notebook) drop the messages a
+        thread sends between cells."""
+        self.step()
+
+    def _step(self) -> None:
         with self._lock:
             widgets = list(self._widgets)
         for widget in widgets:
