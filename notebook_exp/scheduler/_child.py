@@ -16,10 +16,32 @@ import threading
 import traceback
 
 
+#: Seconds between two looks at whether the scheduler that started this process still runs.
+PARENT_CHECK_EVERY = 0.5
+_orphaned: list[int] = []  # the parent's pid, once it is gone
+
+
 def _terminate(signum, frame):  # noqa: ARG001
     from notebook_exp.exceptions import RunCancelled
 
+    if _orphaned:
+        raise RuntimeError(f"lost: the scheduler that started this run (pid {_orphaned[0]}) exited, "
+                           "so nothing waits for its result")
     raise RunCancelled("terminated (SIGTERM)")
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop the run when the scheduler that started it dies (kill -9 included): an
+    orphan would run on for ever, holding its GPUs, with nobody to report to. The
+    run then ends ``failed`` with the reason."""
+    import time
+
+    while True:
+        time.sleep(PARENT_CHECK_EVERY)
+        if os.getppid() != parent:
+            _orphaned.append(parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def _report_progress(run, status_fd: int) -> None:
@@ -93,6 +115,8 @@ def main(argv: list[str]) -> int:
     with open(payload_path, "rb") as fh:
         job = cloudpickle.load(fh)
     signal.signal(signal.SIGTERM, _terminate)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="notebook_exp-child-parent",
+                     daemon=True).start()
     out = _attempt(job, status_fd)
     _send(out, payload_path + ".result")
     from notebook_exp.models import RunStatus
