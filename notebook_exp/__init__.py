@@ -42,6 +42,7 @@ _EXPORTS = {
     "StoreError": "notebook_exp.exceptions",
     "StoreLocked": "notebook_exp.exceptions",
     "StoreUnavailable": "notebook_exp.exceptions",
+    "cancel": "notebook_exp.scheduler.api",
     "current_run": "notebook_exp.tracking.run",
     "dead_letters": "notebook_exp.scheduler.api",
     "get_settings": "notebook_exp.config",
@@ -54,7 +55,9 @@ _EXPORTS = {
     "wait": "notebook_exp.scheduler.api",
     "metrics": "notebook_exp.store.queries",
     "plugins": "notebook_exp._plugins",
+    "queue": "notebook_exp.scheduler.machine",
     "runs": "notebook_exp._reading",
+    "set_priority": "notebook_exp.scheduler.api",
     "space": "notebook_exp.space",
     "sql": "notebook_exp.store.queries",
     "start_run": "notebook_exp.tracking.run",
@@ -107,8 +110,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         StoreUnavailable,
     )
     from .models import MetricBatch, RunInfo, RunStatus
-    from .scheduler.api import dead_letters, gpus, resubmit, submit, sweep, wait
+    from .scheduler.api import (
+        cancel,
+        dead_letters,
+        gpus,
+        resubmit,
+        set_priority,
+        submit,
+        sweep,
+        wait,
+    )
     from .scheduler.job import Job
+    from .scheduler.machine import queue
     from .scheduler.spec import ExperimentSpec
     from .scheduler.stopping import ASHA, MedianStop
     from .sinks.base import Sink

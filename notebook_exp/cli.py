@@ -8,11 +8,19 @@
                                      frameworks), their versions and whether they load
     notebook-exp recover [--list]    list spills (writes kept while the store could not be written)
                                      and ingest them into the store
+    notebook-exp queue [--json]      every queued and running run of every scheduler using the store,
+                                     and the machine's GPUs with their holders
+    notebook-exp cancel RUN_ID ...   cancel runs of any kernel or script (queued: at once; running:
+                                     within their cancel_grace)
+    notebook-exp priority RUN_ID N   give a queued run of any kernel or script priority N (0-10)
 
 Exit status: 0 when a command finished, and also when a server (``view``,
 ``demo``) was stopped by Ctrl-C (SIGINT) or SIGTERM, which is how a server
-ends; 2 for errors; 130 when Ctrl-C and 143 when SIGTERM interrupted other
-work (the demo's sweep, a query), after runs in progress ended as cancelled.
+ends; 1 when a ``cancel`` or ``priority`` request was refused (the run already
+ended, a running run's priority) or its owner did not answer in time; 2 for
+errors (an unknown run id, a run whose owner has exited); 130 when Ctrl-C and
+143 when SIGTERM interrupted other work (the demo's sweep, a query), after
+runs in progress ended as cancelled.
 """
 
 from __future__ import annotations
@@ -26,7 +34,11 @@ from ._demo import DEFAULT_STEPS
 
 STORE_HELP = "store file (default: $NOTEBOOK_EXP_STORE or ./.notebook_exp/store.duckdb)"
 EXIT_HELP = ("Exit status: 0 when done, also when Ctrl-C (SIGINT) or SIGTERM stops a server (view, demo); "
+             "1 when a cancel or priority request was refused or not answered in time; "
              "2 on errors; 130 (SIGINT) or 143 (SIGTERM) when a signal interrupts other work.")
+CONTROL_HELP = ("The run's owner (the kernel or script that queued it) acts within a second; this waits "
+                "--timeout seconds for its answer. Exit status: 0 when done, 1 when refused (the run already "
+                "ended) or not answered in time, 2 for an unknown id or a run whose owner has exited.")
 
 
 class Terminated(KeyboardInterrupt):
@@ -118,6 +130,98 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{(seconds % size) // sub_size:02d}{sub}"
+    return f"{seconds}s"
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _gpus_cell(entry) -> str:
+    asked = "-" if not entry.gpus else f"{entry.gpus:g}"
+    if entry.gpu_ids is not None:
+        asked += f" of {','.join(map(str, entry.gpu_ids))}"
+    return asked + (f"; holds {','.join(map(str, entry.gpus_held))}" if entry.gpus_held else "")
+
+
+def format_queue(machine) -> str:
+    """The text ``notebook-exp queue`` and ``%experiment_queue`` print for a ``MachineQueue``."""
+    lines = [f"Queue of {machine.store} ({len(machine.running)} running, {len(machine.queued)} queued)"]
+    if machine.runs:
+        rows = [("RUN_ID", "NAME", "STATUS", "PRI", "POS", "GPUS", "OWNER", "TRY", "AFTER", "FOR")]
+        for e in machine.runs:
+            status = e.status.value + ("" if e.owner.alive is not False else " (owner gone)")
+            status += "".join(f", {action} asked" for action in e.pending)
+            since = f"running {_duration(e.running)}" if e.running is not None else f"waiting {_duration(e.waiting)}"
+            rows.append((e.run_id, e.name[:30], status, e.priority, "-" if e.position is None else e.position,
+                         _gpus_cell(e), str(e.owner), f"{e.attempts}/{e.retries + 1}",
+                         ",".join(a[:8] for a in e.after) or "-", since))
+        lines.append(_table(rows))
+    else:
+        lines.append("(nothing queued or running)")
+    if machine.gpus:
+        gib = 2**30
+        rows = [("GPU", "NAME", "MEMORY", "UTIL", "HELD BY")]
+        for g in machine.gpus:
+            memory = "-" if g.memory_used is None else f"{g.memory_used / gib:.1f}/{g.memory_total / gib:.1f} GiB"
+            util = "-" if g.utilization is None else f"{g.utilization:.0f}%"
+            held = "; ".join(f"{h.run_id or '?'}{f' ({h.name})' if h.name else ''} pid {h.pid}"
+                             + (f" {h.fraction:g}" if h.fraction < 1 else "") for h in g.holders)
+            rows.append((g.index, g.name, memory, util, "reserved" if g.reserved else held or "free"))
+        lines += ["", _table(rows)]
+    return "\n".join(lines)
+
+
+def cmd_queue(args) -> int:
+    from .scheduler.machine import queue
+
+    machine = queue(gpus=not args.no_gpus)
+    if args.json:
+        import json
+
+        print(json.dumps(machine.to_dict(), indent=2))
+    else:
+        print(format_queue(machine))
+    return 0
+
+
+def _control(run_ids: list[str], action: str, value, args) -> int:
+    """Ask each run's owner; one line per run. 0 if all done, 1 if any was refused or
+    is pending, 2 if any could not be asked."""
+    from .exceptions import NotebookExpError
+    from .scheduler.api import _control as control
+
+    status = 0
+    for run_id in run_ids:
+        try:
+            result = control(run_id, action, value, args.by, args.timeout, f"notebook-exp {args.command}")
+        except NotebookExpError as exc:
+            print(f"notebook-exp: error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        print(result.message, file=sys.stdout if result else sys.stderr)
+        status = max(status, 0 if result else 1)
+    return status
+
+
+def cmd_cancel(args) -> int:
+    return _control(args.run_ids, "cancel", None, args)
+
+
+def cmd_priority(args) -> int:
+    from .scheduler.control import check_priority
+
+    return _control([args.run_id], "priority", check_priority(args.priority), args)
+
+
 def cmd_view(args) -> int:
     """Serve until SIGINT or SIGTERM; the server then closes its sessions and this returns 0."""
     import notebook_exp_viewer as viewer
@@ -188,6 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--store", help=STORE_HELP)
     recover.add_argument("--list", action="store_true", help="only list them")
     recover.set_defaults(func=cmd_recover)
+
+    queued = sub.add_parser("queue", help="every queued and running run of every scheduler using the store, "
+                                           "and the machine's GPUs with their holders")
+    queued.add_argument("--store", help=STORE_HELP)
+    queued.add_argument("--json", action="store_true", help="print it as JSON (the shape the viewer's API serves)")
+    queued.add_argument("--no-gpus", action="store_true", help="leave out the GPUs")
+    queued.set_defaults(func=cmd_queue)
+
+    cancel = sub.add_parser("cancel", help="cancel runs of any kernel or script on this machine", epilog=CONTROL_HELP)
+    cancel.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="the run's id (a unique prefix will do)")
+    priority = sub.add_parser("priority", help="give a queued run of any kernel or script a new priority",
+                              epilog=CONTROL_HELP)
+    priority.add_argument("run_id", metavar="RUN_ID", help="the run's id (a unique prefix will do)")
+    priority.add_argument("priority", metavar="N", help="0-10, higher runs first")
+    for target, func in ((cancel, cmd_cancel), (priority, cmd_priority)):
+        target.add_argument("--store", help=STORE_HELP)
+        target.add_argument("--by", metavar="WHO", help="who asks, as the run's events name it "
+                                                        "(default: user@host pid N)")
+        target.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                            help="how long to wait for the owner's answer (default 10)")
+        target.set_defaults(func=func)
 
     view = sub.add_parser("view", help="serve the viewer web app for the store (until Ctrl-C or SIGTERM)",
                           epilog=EXIT_HELP)

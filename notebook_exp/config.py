@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -134,6 +134,32 @@ class Settings(BaseSettings):
             "Capture the torch.utils.tensorboard SummaryWriter calls (add_scalar, add_histogram, add_image, "
             "add_text, add_hparams, ...) each run's thread makes into the run, for runs started without "
             "capture=; the writer still writes its own event files."
+        ),
+    )
+    ray_address: str | None = Field(
+        None,
+        # the environment is read case-insensitively: "ray_address" is also Ray's own RAY_ADDRESS
+        validation_alias=AliasChoices("NOTEBOOK_EXP_RAY_ADDRESS", "ray_address"),
+        description=(
+            "Ray cluster executor='ray' connects to when this process has not called ray.init itself: "
+            "'ray://<head>:10001' (Ray Client, from outside the cluster), '<head>:6379' or 'auto' (a kernel "
+            "on a node of the cluster). Read from NOTEBOOK_EXP_RAY_ADDRESS, else Ray's own RAY_ADDRESS. "
+            "Unset: a local Ray is started if ray_start_local allows it."
+        ),
+    )
+    ray_start_local: bool = Field(
+        True,
+        description=(
+            "Let executor='ray' start a Ray on this machine (and say so) when no cluster is connected or "
+            "named; false: such a submit raises ConfigError instead."
+        ),
+    )
+    ray_local_cpus: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "CPUs a local Ray started by notebook_exp declares (default: the machine's). Its GPUs are the "
+            "fake_gpus setting when set (virtual GPUs become Ray GPUs), else those Ray detects."
         ),
     )
 

@@ -89,10 +89,14 @@ class ExperimentMagics(Magics):
     @argument("--config", metavar="NAME", default=None,
               help="the cell's (or the notebook's) config object NAME is the base; KEYs set its fields")
     @argument("--gpus", type=float, default=0, help="GPUs per run (0.5 shares one)")
+    @argument("--gpu-ids", metavar="ID,ID", default=None,
+              help="only these physical GPUs (e.g. 1,3); without --gpus a run takes all of them")
     @argument("--priority", type=int, default=5, help="0-10, higher runs first")
     @argument("--retries", type=int, default=0, help="attempts after a failure")
     @argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop an attempt after this long")
-    @argument("--executor", default="thread", help="thread | process | ray")
+    @argument("--executor", default="thread", help="thread | process | ray (a node of a Ray cluster)")
+    @argument("--cpus", type=float, default=1, help="CPUs per run on its Ray node (--executor ray)")
+    @argument("--memory", default=None, help="memory per run on its Ray node, e.g. 8GB (--executor ray)")
     @argument("--tag", action="append", default=[], help="a tag (repeatable)")
     @argument("--after", action="append", default=[], metavar="RUN_ID", help="start after this run completed")
     @argument("--wait", action="store_true", help="block until the runs end (interrupt cancels them)")
@@ -120,6 +124,7 @@ class ExperimentMagics(Magics):
 
             %%experiment baseline -e mnist -p lr=1e-3 -p layers=[64,64]
             %%experiment lr-sweep --grid lr=1e-3,1e-4 --grid bs=32,64 --gpus 1
+            %%experiment pinned --gpu-ids 1,3 --gpus 1
             %%experiment --executor process --timeout 600 --retries 2 --tag nightly
             %%experiment finetune --after 3f2a9c0d11e84b7a --wait
             %%experiment --capture tensorboard
@@ -161,7 +166,7 @@ class ExperimentMagics(Magics):
             source = self.shell.transform_cell(cell)
             base = sweeps.cell_config(args.config, source, self.shell.user_ns) if args.config else None
             names = {args.config} if args.config else {key.split(".")[0] for key in [*params, *grid, *sample]}
-            if args.executor == "process":
+            if args.executor in ("process", "ray"):  # they run elsewhere: copies of what the cell uses
                 used = referenced_names(source) - names - {"run"}
                 captured = {k: self.shell.user_ns[k] for k in used if k in self.shell.user_ns}
                 fn = CellFunction(source, names, captured=captured)
@@ -171,7 +176,10 @@ class ExperimentMagics(Magics):
                 fn = sweeps.ConfigCall(fn, args.config, base)
             options = dict(experiment=args.experiment, name=args.name, gpus=args.gpus, priority=args.priority,
                            retries=args.retries, timeout=args.timeout, executor=args.executor, tags=args.tag,
+                           cpus=args.cpus, memory=args.memory,
                            after=args.after, source=cell, capture=args.capture or None)
+            if args.gpu_ids is not None:
+                options["gpu_ids"] = args.gpu_ids
             if sample:
                 return sweeps.sweep(fn, sample, params, base=base, method="random", n=args.n, seed=args.seed,
                                     **options)
@@ -208,23 +216,65 @@ class ExperimentMagics(Magics):
             pass
         except KeyboardInterrupt:
             print("stopped waiting; the runs go on")
+        from .widgets._ticker import ticker
+
+        ticker.flush()
         print(_summary(jobs))
 
     @magic_arguments()
-    @argument("run_ids", nargs="*", help="runs to cancel")
-    @argument("-e", "--experiment", help="cancel every unfinished run of this experiment")
+    @argument("run_ids", nargs="*", help="runs to cancel: of this kernel, or of any kernel or script of the machine")
+    @argument("-e", "--experiment", help="cancel every unfinished run of this experiment (of this kernel)")
     @argument("--all", action="store_true", help="cancel every unfinished run of this kernel")
     @line_magic
     def experiment_cancel(self, line: str = ""):
-        """Cancel runs by id, by experiment (-e) or all (--all)."""
+        """Cancel runs by id, by experiment (-e) or all (--all). An id (or unique prefix) of
+        a run this kernel does not own is asked of its owner, another kernel or script on
+        this machine, through the store: one line says how that went."""
         args = parse_argstring(self.experiment_cancel, line)
         if not (args.run_ids or args.experiment or args.all):
             raise UsageError("name the runs to cancel, or give -e EXPERIMENT or --all")
-        jobs = _jobs(args.run_ids) if args.run_ids else [
-            j for j in _scheduler_jobs() if not j.done and (args.all or j.experiment == args.experiment)
-        ]
-        cancelled = sum(bool(job.cancel()) for job in jobs)
-        print(f"cancelled {cancelled} run{'s' * (cancelled != 1)}")
+        if not args.run_ids:
+            jobs = [j for j in _scheduler_jobs() if not j.done and (args.all or j.experiment == args.experiment)]
+            cancelled = sum(bool(job.cancel()) for job in jobs)
+            print(f"cancelled {cancelled} run{'s' * (cancelled != 1)}")
+            return
+        own, foreign = _split_ids(args.run_ids)
+        cancelled = sum(bool(job.cancel()) for job in own)
+        if own or not foreign:
+            print(f"cancelled {cancelled} run{'s' * (cancelled != 1)}")
+        for run_id in foreign:
+            print(_remote(run_id, "cancel", None, "%experiment_cancel"))
+
+    @magic_arguments()
+    @argument("run_id", help="the run (of this kernel, or of any kernel or script of the machine)")
+    @argument("priority", type=int, help="0-10, higher runs first")
+    @line_magic
+    def experiment_priority(self, line: str = ""):
+        """Give a queued run a new priority (0-10): it moves in its owner's queue. Works for
+        runs of this kernel and of any other kernel or script on this machine."""
+        args = parse_argstring(self.experiment_priority, line)
+        print(_remote(args.run_id, "priority", args.priority, "%experiment_priority"))
+
+    @magic_arguments()
+    @argument("--json", action="store_true", help="print it as JSON")
+    @line_magic
+    def experiment_queue(self, line: str = ""):
+        """Print the queue of the whole machine: every queued and running run of every kernel
+        and script using this store (owner, priority, position, GPUs, how long), and the GPUs."""
+        args = parse_argstring(self.experiment_queue, line)
+        from .cli import format_queue
+        from .scheduler.machine import queue
+
+        try:
+            machine = queue()
+        except NotebookExpError as exc:
+            raise UsageError(str(exc)) from None
+        if args.json:
+            import json
+
+            print(json.dumps(machine.to_dict(), indent=2))
+        else:
+            print(format_queue(machine))
 
     @line_magic
     def experiment_gpus(self, line: str = ""):
@@ -271,6 +321,30 @@ def _jobs(run_ids: list[str]) -> list:
     return jobs
 
 
+def _split_ids(run_ids: list[str]) -> tuple[list, list[str]]:
+    """The jobs of this kernel the ids name (exactly or by a unique prefix), and the ids of no job here."""
+    jobs, own, foreign = _scheduler_jobs(), [], []
+    for run_id in run_ids:
+        matches = [j for j in jobs if j.run_id == run_id] or [j for j in jobs if j.run_id.startswith(run_id)]
+        if len(matches) > 1:
+            raise UsageError(f"{run_id!r} matches {len(matches)} runs of this kernel; give more of the id")
+        if matches:
+            own.append(matches[0])
+        else:
+            foreign.append(run_id)
+    return own, foreign
+
+
+def _remote(run_id: str, action: str, value, via: str) -> str:
+    """Do ``action`` on a run of any process (``nx.cancel``/``nx.set_priority``); the answer's line."""
+    from .scheduler.api import _control
+
+    try:
+        return str(_control(run_id, action, value, None, 5.0, via))
+    except NotebookExpError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _summary(jobs: list) -> str:
     counts: dict[str, int] = {}
     for job in jobs:
@@ -288,3 +362,7 @@ def _wait_or_cancel(jobs: list) -> None:
             job.cancel()
         wait(jobs, timeout=60)
         print(f"interrupted: {_summary(jobs)}")
+    finally:
+        from .widgets._ticker import ticker
+
+        ticker.flush()  # the cards' final state goes out with this cell

@@ -5,10 +5,20 @@
     server = viewer.serve(threaded=True)               # from a kernel; server.stop() later
 
 Pages (tabs): Runs (filter, select, open), Compare (the selected runs, or a
-whole sweep), Run (one run) and Sweeps (each sweep's progress and best run). Each browser session gets its own ``ViewerState``, whose reads run
-off the server's event loop; a periodic callback refreshes what is live and
-retries reads that found the store busy, and the header says so meanwhile
-("store busy, retrying"). ``/health`` answers JSON for probes.
+whole sweep), Run (one run), Sweeps (each sweep's progress and best run) and
+Queue (what every process of the machine has queued or running, and its GPUs;
+with ``allow_control`` also cancel and priority, ``components/queue_page.py``).
+Each browser session gets its own ``ViewerState``, whose reads run off the
+server's event loop; a periodic callback refreshes what is live (the header's
+run counts included) and retries reads that found the store busy, and the header
+says so meanwhile ("store busy, retrying"). ``/health`` answers JSON for probes,
+``/api/v1`` is the JSON API (``api.py``).
+
+**The address is the view.** The page, the selected runs, the open run and the
+filters live in the URL's query (``URL_QUERY``): ``?page=compare&runs=["id1",
+"id2"]``, ``?run=<id>``, ``?filter=lr < 0.01``. Changing the view updates the
+address bar (no reload); opening an address restores its view, so views can be
+bookmarked and shared.
 """
 
 from __future__ import annotations
@@ -17,16 +27,18 @@ import logging
 from functools import partial
 
 import panel as pn
+import param
 
 from notebook_exp.collectors import is_telemetry
 from notebook_exp.models import RunStatus
 
 from . import DEFAULT_REFRESH
-from .components.common import heading, message, preferred_key, title
+from .components.common import STATUS_COLORS, heading, message, preferred_key, title
 from .components.export import MetricsExport
 from .components.metric_chart import MetricChart
 from .components.parallel_coords import ParallelCoords
 from .components.params_diff import ParamsDiff
+from .components.queue_page import QueuePage
 from .components.run_detail import RunDetail
 from .components.runs_table import RunsList
 from .components.scatter import ParamScatter
@@ -37,7 +49,19 @@ __all__ = ["ComparePage", "ViewerApp", "create_app"]
 
 log = logging.getLogger("notebook_exp.viewer")
 
-RUNS_TAB, COMPARE_TAB, RUN_TAB, SWEEPS_TAB = 0, 1, 2, 3
+RUNS_TAB, COMPARE_TAB, RUN_TAB, SWEEPS_TAB, QUEUE_TAB = 0, 1, 2, 3, 4
+HEADER_BACKGROUND = "#17324d"
+CONTROL_ANSWER_WAIT = 5.0  # seconds the Queue page waits for a run's owner to answer a request
+PAGES = ("runs", "compare", "run", "sweeps", "queue")  # the tabs' names in the address, in tab order
+#: ``ViewerState`` params kept in the address, by their query name.
+URL_QUERY = {"selected": "runs", "current_run": "run", "expression": "filter", "text": "q",
+             "experiments": "experiment", "statuses": "status", "tags": "tag", "sweeps": "sweep"}
+
+
+class Navigation(param.Parameterized):
+    """The page shown, by name (``PAGES``): what the address's ``page=`` holds."""
+
+    page = param.Selector(default="runs", objects=list(PAGES))
 
 
 class ComparePage:
@@ -122,29 +146,58 @@ class ComparePage:
 class ViewerApp:
     """The pages of one browser session, wired to one ``ViewerState``."""
 
-    def __init__(self, state: ViewerState) -> None:
+    def __init__(self, state: ViewerState, control=None) -> None:
         self.state = state
         self.runs = RunsList(state, on_open_run=self.open_run, on_compare=self.open_compare)
         self.compare = ComparePage(state, on_sweep=self.compare_sweep)
         self.run = RunDetail(state)
         self.sweeps = SweepsView(state, on_compare=self.compare_sweep, on_open_run=self.open_run)
+        self.queue = QueuePage(state, control=control)
         self.status = pn.pane.HTML("", css_classes=["nx-status"])
+        self.counts = pn.pane.HTML("", css_classes=["nx-run-counts"], styles={"color": "white"}, margin=(6, 10))
+        self.nav = Navigation()
         self.tabs = pn.Tabs(
             ("Runs", self.runs.panel()), ("Compare", self.compare.panel()), ("Run", self.run.panel()),
-            ("Sweeps", self.sweeps.panel()),
+            ("Sweeps", self.sweeps.panel()), ("Queue", self.queue.panel()),
             dynamic=True, sizing_mode="stretch_width",
         )
         self._compare_stale = True
         state.param.watch(self._on_selected, "selected")
         state.param.watch(self._on_status, "status")
         self.tabs.param.watch(self._on_tab, "active")
+        self.nav.param.watch(self._on_page, "page")
 
     def layout(self) -> pn.viewable.Viewable:
         header = pn.pane.HTML(
-            f'<b>notebook_exp</b> <span style="color:#666">{title(self.state.store_path)}</span>',
-            css_classes=["nx-header"],
+            f'<b style="font-size:1.15em">notebook_exp</b>&nbsp;&nbsp;'
+            f'<span style="color:#c9d6e3">{title(self.state.store_path)}</span>',
+            css_classes=["nx-header"], styles={"color": "white"}, margin=(6, 10),
         )
-        return pn.Column(pn.Row(header, self.status), self.tabs, sizing_mode="stretch_width")
+        bar = pn.Row(header, pn.HSpacer(), self.counts, sizing_mode="stretch_width",
+                     styles={"background": HEADER_BACKGROUND, "border-radius": "4px"})
+        return pn.Column(bar, self.status, self.tabs, sizing_mode="stretch_width")
+
+    def restore(self) -> None:
+        """Show what the state and ``nav`` say (an address just applied to them)."""
+        if self.state.current_run:
+            self.run.show(self.state.current_run)
+        page = PAGES.index(self.nav.page)
+        if page != self.tabs.active:
+            self.tabs.active = page
+        elif page == COMPARE_TAB:
+            self._update_compare()
+
+    def update_counts(self) -> None:
+        """The header's run counts (read off the loop)."""
+        self.state.reads.submit("counts", self.state.status_counts, self._show_counts, periodic=True)
+
+    def _show_counts(self, counts: dict[str, int]) -> None:
+        total = sum(counts.values())
+        live = "".join(
+            f' <span class="nx-live-count" style="background:{STATUS_COLORS[s]};color:white;border-radius:3px;'
+            f'padding:1px 6px;margin-left:6px">{counts[s]} {s}</span>'
+            for s in ("running", "queued") if counts.get(s))
+        self.counts.object = f'<span class="nx-totals">{total} run{"s" if total != 1 else ""}</span>{live}'
 
     def open_run(self, run_id: str) -> None:
         self.run.show(run_id)
@@ -168,11 +221,19 @@ class ViewerApp:
         if self.tabs.active == COMPARE_TAB:
             self._update_compare()
 
+    def _on_page(self, event) -> None:
+        page = PAGES.index(event.new)
+        if self.tabs.active != page:
+            self.tabs.active = page
+
     def _on_tab(self, event) -> None:
+        self.nav.page = PAGES[event.new]
         if event.new == COMPARE_TAB:
             self._update_compare()
         elif event.new == SWEEPS_TAB:
             self.sweeps.update()
+        elif event.new == QUEUE_TAB:
+            self.queue.update()
 
     def _update_compare(self) -> None:
         if self._compare_stale:
@@ -187,6 +248,7 @@ class ViewerApp:
         live rows and the visible page's live charts (each read off the loop)."""
         try:
             self.state.reads.retry()
+            self.update_counts()
             self.runs.refresh()
             if self.tabs.active == COMPARE_TAB and self._has_live(self.compare.run_ids):
                 self.compare.refresh()
@@ -194,6 +256,8 @@ class ViewerApp:
                 self.run.refresh()
             if self.tabs.active == SWEEPS_TAB:
                 self.sweeps.refresh()
+            if self.tabs.active == QUEUE_TAB:
+                self.queue.refresh()
         except Exception as exc:  # noqa: BLE001 - keep refreshing; say what went wrong
             log.warning("viewer refresh failed: %s", exc)
             self.state.reads.report(f"refresh failed: {exc}")
@@ -206,19 +270,47 @@ class ViewerApp:
         return any(status.get(run_id, RunStatus.RUNNING.value) in active for run_id in run_ids)
 
 
-def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH) -> pn.viewable.Viewable:
-    """Build the viewer for one session (``?run=<id>`` opens that run).
+def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH, allow_control: bool = False) -> pn.viewable.Viewable:
+    """Build the viewer for one session; in a server session the address's query
+    (``URL_QUERY``, ``page=``) restores a view and follows it.
 
     In a server session its reads run off the event loop and fill the page as
-    they arrive; anywhere else (a test, a notebook) they run at once."""
+    they arrive; anywhere else (a test, a notebook) they run at once. ``allow_control``
+    gives the Queue page its cancel and priority buttons."""
     doc = pn.state.curdoc
     served = doc is not None and doc.session_context is not None
     state = ViewerState(store, refresh_seconds=refresh_seconds, doc=doc if served else None)
-    app = ViewerApp(state)
-    run_arg = (pn.state.session_args or {}).get("run")
-    if run_arg:
-        app.open_run(run_arg[0].decode("utf-8", "replace"))
+    location = pn.state.location if served else None
+    if location is not None:
+        location.sync(state, URL_QUERY, on_error=lambda bad: log.warning("address values not applied: %s", bad))
+    app = ViewerApp(state, control=viewer_control(state.store_path, pn.state.user) if allow_control else None)
+    if location is not None:
+        location.sync(app.nav, {"page": "page"})
+        args = pn.state.session_args or {}
+        if state.current_run and "page" not in args:  # ?run=<id> alone opens that run
+            app.nav.page = "run"
+    app.restore()
+    app.update_counts()
     if served:
         pn.state.add_periodic_callback(app.refresh, period=int(refresh_seconds * 1000))
         pn.state.on_session_destroyed(lambda _context: state.reads.close())
     return app.layout()
+
+
+def viewer_control(store_path, user: str | None):
+    """The Queue page's control: ``(run_id, action, value) -> message``, asking the run's
+    owner through the store (``scheduler.control.ask``) in the name of the viewer's user."""
+    import os
+
+    from notebook_exp.store import get_store
+    from notebook_exp.store._host import HOST
+
+    who = f"viewer user {user or 'anonymous'} ({HOST} pid {os.getpid()})"
+
+    def control(run_id: str, action: str, value: int | None) -> str:
+        from notebook_exp.scheduler.control import ask
+
+        result = ask(run_id, action, value, who, store=get_store(store_path), timeout=CONTROL_ANSWER_WAIT)
+        return f"{action} {run_id}: {result.outcome}, {result.message}"
+
+    return control

@@ -243,7 +243,8 @@ async def close_sessions(server) -> int:
 
 
 def serve(store=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, show: bool = False,
-          basic_auth: str | None = None, threaded: bool = False, **kw) -> ViewerServer:
+          basic_auth: str | None = None, threaded: bool = False, allow_control: bool = False,
+          **kw) -> ViewerServer:
     """Serve the viewer with Panel; returns its ``ViewerServer`` (``port``, ``url``, ``stop()``).
 
     Blocking (the default) serves until SIGINT or SIGTERM, stops cleanly (see
@@ -253,7 +254,10 @@ def serve(store=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, show: 
     ``store`` setting (``NOTEBOOK_EXP_STORE``); the server reads through this
     process's ``Store``. A host other than loopback needs ``basic_auth`` (a
     password, or a file holding it) or an ``oauth_provider``: otherwise
-    ``ConfigError``. ``port=0`` picks a free port. Other keywords go to
+    ``ConfigError``. ``port=0`` picks a free port. ``allow_control`` lets the
+    Queue page cancel runs and change queued runs' priorities (of any process on
+    the machine, asked through the store; each action's event names the viewer's
+    user); without it the viewer reads only. Other keywords go to
     ``panel.serve`` (``websocket_origin``, ``cookie_secret``);
     ``refresh_seconds`` is the viewer's live refresh period.
     """
@@ -269,7 +273,7 @@ def serve(store=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, show: 
     def app():  # panel.serve calls plain functions once per session
         from .app import create_app
 
-        return create_app(path, refresh_seconds=refresh)
+        return create_app(path, refresh_seconds=refresh, allow_control=allow_control)
 
     def make():
         import panel as pn
@@ -286,10 +290,14 @@ def serve(store=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, show: 
 
 def _panel_options(path: Path, host: str, port: int, basic_auth, authenticated: bool, threaded: bool,
                    kw: dict) -> dict:
-    """``panel.serve`` keywords: ``/health``, auth, allowed websocket origins, title, verbosity."""
+    """``panel.serve`` keywords: ``/health``, the JSON API (``viewer.api``), auth, allowed
+    websocket origins, title, verbosity."""
     options = dict(kw, basic_auth=basic_auth)
+    from .api import api_patterns
+
     options["extra_patterns"] = [*kw.get("extra_patterns", []),
-                                 (r"/health", HealthHandler, {"store_path": path, "detail": not authenticated})]
+                                 (r"/health", HealthHandler, {"store_path": path, "detail": not authenticated}),
+                                 *api_patterns(path, basic_auth, authenticated)]
     if basic_auth:
         options.setdefault("cookie_secret", secrets.token_hex(32))
     options.setdefault("websocket_origin", _origins(host, port))
@@ -313,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--basic-auth", metavar="PASSWORD_OR_FILE",
                         help="require this password (or the one in this file); needed off loopback")
     parser.add_argument("--refresh", type=float, default=DEFAULT_REFRESH, help="live refresh period (s)")
+    parser.add_argument("--allow-control", action="store_true",
+                        help="let the Queue page cancel runs and change queued runs' priorities (any process's); "
+                             "off by default: the viewer only reads")
     args = parser.parse_args(argv)
     try:
         server = serve(store=args.store, host=args.host, port=args.port, show=args.show,
-                       basic_auth=args.basic_auth, refresh_seconds=args.refresh)
+                       basic_auth=args.basic_auth, refresh_seconds=args.refresh, allow_control=args.allow_control)
     except ConfigError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:  # Ctrl-C before the server was up

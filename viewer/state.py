@@ -203,6 +203,10 @@ class ViewerState(param.Parameterized):
     def count_runs(self) -> int:
         return self._read(queries.count_runs, 0)
 
+    def status_counts(self) -> dict[str, int]:
+        """How many runs are in each status (the header's counts)."""
+        return self._read(queries.status_counts, {})
+
     # -- charts -----------------------------------------------------------------
     def series(self, run_ids, keys, x: str = "step", window=None, width: int = DEFAULT_WIDTH, after=None):
         """Downsampled points (run_id, key, x, value), the full x extent, and each series' extent.

@@ -15,7 +15,6 @@ import sys
 import threading
 import traceback
 
-
 #: Seconds between two looks at whether the scheduler that started this process still runs.
 PARENT_CHECK_EVERY = 0.5
 _orphaned: list[int] = []  # the parent's pid, once it is gone

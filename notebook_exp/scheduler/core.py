@@ -10,7 +10,11 @@ backoff) or records the final status.
 
 Every state change is written to the store's ``events`` table; queued runs are
 in ``runs`` (status ``queued``) with their function saved in ``payloads``, so a
-later process can ``resubmit`` what a dead one left queued.
+later process can ``resubmit`` what a dead one left queued. Each run's row names
+this scheduler as its owner (``runs.owner_*``), and other processes ask it to
+cancel or reorder its runs through the store (``control``): the dispatcher
+reads their requests on its rounds and answers them like ``cancel`` and
+``set_priority`` calls made here.
 
 The dispatcher's loop lives in ``dispatcher``: it never does store I/O under
 the scheduler's lock, and an unexpected error while it handles a job fails
@@ -32,16 +36,17 @@ from typing import Any
 from ..collectors.base import RunContext
 from ..collectors.registry import RunCollectors
 from ..config import Settings, get_settings
-from ..exceptions import ConfigError, MissingDependency
+from ..exceptions import ConfigError
 from ..models import RunStatus
 from ..tracking.run import new_run_id
 from ._records import JobRecords
+from .control import ControlInbox, ControlResult, act, check_priority, requester
 from .deps import LOOKUP_TIMEOUT, DependencyStatuses
 from .dispatcher import DispatchLoop
 from .job import Job
 from .spec import ExperimentSpec, check_sinks
 
-__all__ = ["Scheduler", "get_scheduler", "stop_scheduler"]
+__all__ = ["Scheduler", "get_scheduler", "running_scheduler", "stop_scheduler"]
 
 log = logging.getLogger("notebook_exp.scheduler")
 
@@ -61,6 +66,7 @@ class Scheduler(DispatchLoop):
         self.store = get_store(self.settings.store_path, settings=self.settings)
         self.records = JobRecords(self.store)
         self.dependencies = DependencyStatuses(self.store)
+        self.control = ControlInbox(self.store)
         self.max_concurrent = max_concurrent or self.settings.max_concurrent or max(2, os.cpu_count() or 2)
         self._inventory = inventory
         self._leases = None
@@ -98,20 +104,9 @@ class Scheduler(DispatchLoop):
 
     def executor(self, name: str):
         if name not in self._executors:
-            if name == "thread":
-                from .executors.thread import ThreadExecutor
+            from .executors import make
 
-                self._executors[name] = ThreadExecutor(self)
-            elif name == "process":
-                from .executors.process import ProcessExecutor
-
-                self._executors[name] = ProcessExecutor(self)
-            else:
-                try:
-                    import ray  # noqa: F401
-                except ImportError:
-                    raise MissingDependency("ray", "ray") from None
-                raise ConfigError("executor 'ray' is not available yet in this version")
+            self._executors[name] = make(name, self)  # ray: MissingDependency without the extra
         return self._executors[name]
 
     # -- submitting ---------------------------------------------------------
@@ -121,14 +116,21 @@ class Scheduler(DispatchLoop):
         Nothing is queued when it raises: ``ConfigError`` for an ``after`` id that is
         neither a job here nor a run in the store, or what ``process`` cannot ship;
         ``SinkError`` for a ``Sink`` instance that retries would share;
-        ``GpuUnavailable`` for more GPUs than the machine has (unless ``wait_for_gpus``).
+        ``GpuUnavailable`` for more GPUs than the machine has (unless ``wait_for_gpus``),
+        and for ``gpu_ids`` naming a GPU the machine does not have or that is reserved.
         """
         if self._stopping:
             raise ConfigError("the scheduler is stopped")
         check_sinks(spec.sinks, retries=spec.retries)
-        self.executor(spec.executor)  # unknown or unavailable executors fail here
-        if spec.gpus and not spec.wait_for_gpus:
-            self.leases.check(spec.gpus, spec.gpu_memory)
+        executor = self.executor(spec.executor)  # unknown or unavailable executors fail here
+        executor.check(spec)  # what it cannot run (ray: gpu_ids, shipping, options, the cluster's nodes)
+        pinned = getattr(spec, "gpu_ids", None)
+        if pinned and not spec.gpus:
+            spec = spec.model_copy(update={"gpus": len(pinned)})  # pinned without a count: all of them
+        if pinned:
+            self.leases.check_pinned(pinned, spec.gpus)  # even with wait_for_gpus: no wait brings a GPU back
+        if spec.gpus and not spec.wait_for_gpus and executor.local_leases:
+            self.leases.check(spec.gpus, spec.gpu_memory, pinned)
         if spec.executor == "process":
             from .executors.process import check_picklable, check_sinks_picklable
 
@@ -145,6 +147,7 @@ class Scheduler(DispatchLoop):
         with self._cond:
             self._jobs[job.run_id] = job
             self.records.queued(job, fields, info)
+            self.control.claim(job)
             self.records.payload(job)
             heapq.heappush(self._heap, (-spec.priority, job.seq, job))
             self._cond.notify_all()
@@ -202,6 +205,11 @@ class Scheduler(DispatchLoop):
     def position(self, job: Job) -> int | None:
         return self.positions().get(job.run_id) if job.status == RunStatus.QUEUED else None
 
+    def is_running(self, job: Job) -> bool:
+        """Whether an attempt of ``job`` holds a slot (launched, starting or running)."""
+        with self._cond:
+            return job.run_id in self._running or job.status == RunStatus.RUNNING
+
     # -- attempts ending ----------------------------------------------------
     def running(self, job: Job) -> None:
         """Called by executors when the attempt's code starts."""
@@ -223,6 +231,8 @@ class Scheduler(DispatchLoop):
         failed_already = job.status.terminal
         if failed_already:
             status, error, result, recorded = job.status, job.error, None, False
+        elif status == RunStatus.CANCELLED and job.cancel_reason:
+            error = job.cancel_reason  # who asked, rather than the executor's generic reason
         retry = (
             status == RunStatus.FAILED
             and not failed_already
@@ -259,6 +269,7 @@ class Scheduler(DispatchLoop):
             on_recorded()
         if retry:
             self.records.clear_attempt_data(job)
+            self.control.requeued(job)
 
     def _finish(self, job: Job, status: RunStatus, error: str | None) -> None:
         """End a job from outside its attempt (cancelled while queued, a dependency
@@ -272,16 +283,67 @@ class Scheduler(DispatchLoop):
             job._finalize()
         self._cond.notify_all()
 
-    # -- cancelling and stopping ----------------------------------------------
-    def cancel(self, job: Job, reason: str = "cancelled by user") -> bool:
+    # -- control: cancelling, priorities, requests ------------------------------
+    def cancel(self, job: Job, reason: str | None = None, *, by: str | None = None) -> bool:
+        """Cancel ``job``: a queued one ends at once, a running one is stopped by its
+        executor (within ``cancel_grace``). False if it already ended.
+
+        Without ``reason`` this is someone's request: a ``cancel`` event names who
+        asked (``by``, default this process: ``user@host pid N (program)``) and the
+        run's error says "cancelled by" ``by`` (by default "cancelled by user"). ``reason`` is the scheduler's own
+        (it stops), recorded as the error without a request event."""
         with self._cond:
             if job.status.terminal:
                 return False
-            if job.status == RunStatus.QUEUED and job.run_id not in self._running:
+            queued = job.status == RunStatus.QUEUED and job.run_id not in self._running
+            if reason is None:
+                who = by or requester()
+                reason = f"cancelled by {by}" if by else "cancelled by user"  # the event names this process
+                stopping = "" if queued else f"; stopping it (cancel_grace {self.settings.cancel_grace:g} s)"
+                self.records.event(job, "cancel", f"by {who}{stopping}")
+            if queued:
                 self._finish(job, RunStatus.CANCELLED, reason)
                 return True
+            job.cancel_reason = job.cancel_reason or reason
         self.executor(job.spec.executor).stop(job, "cancel")
         return True
+
+    def set_priority(self, job: Job, priority: int, *, by: str | None = None) -> tuple[bool, str]:
+        """Give queued ``job`` a new priority (0-10): it moves in the queue at once, a
+        ``priority`` event names who asked. Returns ``(done, message)``; a job that
+        runs or ended keeps its priority (``done`` False). ``ConfigError`` for a bad value."""
+        priority = check_priority(priority)
+        who = by or requester()
+        with self._cond:
+            if job.status != RunStatus.QUEUED or job.run_id in self._running:
+                state = "already " + job.status.value if job.status.terminal else "running"
+                return False, f"run {job.run_id} is {state}: a priority only orders queued runs"
+            old = job.spec.priority
+            job.spec = job.spec.model_copy(update={"priority": priority})
+            self._heap = [(-priority, seq, item) if item is job else (p, seq, item) for p, seq, item in self._heap]
+            heapq.heapify(self._heap)
+            self.control.priority_changed(job, old, priority, who)
+            self._cond.notify_all()
+        return True, f"run {job.run_id}: priority {old} -> {priority}, now at position {self.position(job)}"
+
+    def _serve_requests(self) -> None:
+        """Answer the control requests other processes left for this scheduler's runs
+        (``control``); called by the dispatcher, off the lock, each round."""
+        if not self.control.due():
+            return
+        with self._cond:
+            watched = self.control.watched(self._jobs.values())
+        for request in self.control.take(watched):
+            job = self._jobs.get(request.run_id)
+            try:
+                if job is None:
+                    raise LookupError("not a job of this scheduler")
+                result = act(self, job, request.action, request.value, request.requested_by, request)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
+                log.exception("answering the %s request %s failed", request.action, request.request_id)
+                result = ControlResult(request.run_id, request.action, "refused", f"the owner failed: {exc!r}",
+                                       request.requested_by, request.request_id)
+            self.control.answer(request, result)
 
     def stop(self, cancel: bool = True, timeout: float | None = 30) -> None:
         """Stop the scheduler (idempotent). With ``cancel`` (the default), queued runs
@@ -327,6 +389,12 @@ def get_scheduler() -> Scheduler:
             _exit.on_shutdown(stop_scheduler, order=10)  # first: no new runs start while others end
             _scheduler = Scheduler()
         return _scheduler
+
+
+def running_scheduler() -> Scheduler | None:
+    """This process's scheduler if one runs (none is started)."""
+    scheduler = _scheduler
+    return scheduler if scheduler is not None and not scheduler._stopping else None
 
 
 def stop_scheduler(cancel: bool = True, timeout: float | None = 30) -> None:

@@ -1,10 +1,13 @@
 """The scheduler's dispatcher: the one thread that starts queued jobs.
 
 Each round it reads, outside the scheduler's lock, the status of ``after`` runs
-that belong to other processes (see ``deps``); then, under the lock, it starts
+that belong to other processes (see ``deps``) and answers the control requests
+other processes left for its runs (see ``control``: a ``stat`` of the store's
+doorbell, and one short read when it rang); then, under the lock, it starts
 every job whose dependencies completed and whose GPUs can be leased, in queue
 order, and stops attempts past their timeout; then it sleeps until something
-changes. Starting an executor happens after the lock is let go.
+changes, at most ``CONTROL_EVERY`` seconds while it has jobs, so a request is
+seen within that. Starting an executor happens after the lock is let go.
 
 It cannot die: an unexpected error while it handles a job fails that job alone
 (status failed, with the reason; the traceback is logged) and the queue goes
@@ -21,6 +24,7 @@ from typing import Any
 
 from ..exceptions import GpuUnavailable
 from ..models import RunStatus
+from .control import CONTROL_EVERY
 from .deps import LOOKUP_EVERY, LOOKUP_TIMEOUT
 from .job import Job
 
@@ -51,11 +55,14 @@ class DispatchLoop:
         to_start: list[tuple[Job, Any]] = []
         try:
             self._look_up_dependencies()
+            self._serve_requests()
             with self._cond:
                 if self._stopping and not self._heap:
                     return False
                 wait = min(self._dispatch(), self._check_deadlines())
                 self._maybe_recover()
+                if self._heap or self._running:
+                    wait = min(wait, CONTROL_EVERY)  # the next look at the doorbell
                 to_start, self._to_start = self._to_start, []
                 if not to_start:
                     self._cond.wait(wait)
@@ -122,9 +129,10 @@ class DispatchLoop:
         if ready is None:
             return hold
         lease = None
-        if job.spec.gpus:
+        if job.spec.gpus and self.executor(job.spec.executor).local_leases:  # ray: its worker leases on its node
             try:
-                lease = self.leases.try_acquire(job.run_id, job.spec.gpus, job.spec.gpu_memory)
+                lease = self.leases.try_acquire(job.run_id, job.spec.gpus, job.spec.gpu_memory,
+                                                getattr(job.spec, "gpu_ids", None))
             except GpuUnavailable as exc:
                 self._finish(job, RunStatus.FAILED, str(exc))
                 return None

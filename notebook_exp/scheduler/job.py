@@ -21,8 +21,10 @@ class Job:
 
     ``wait()`` blocks until the run ends and returns its status; ``result()``
     returns what the function returned (or raises ``RunFailed`` /
-    ``RunCancelled``); ``cancel()`` stops it; ``queue_position`` is 0 for the
-    next run to start, ``None`` once it left the queue.
+    ``RunCancelled``); ``cancel()`` stops it; ``set_priority(p)`` moves it in
+    the queue; ``queue_position`` is 0 for the next run to start, ``None`` once
+    it left the queue. Other processes reach it by its ``run_id``
+    (``nx.cancel``, ``nx.set_priority``, ``notebook-exp cancel``).
     """
 
     def __init__(self, spec: ExperimentSpec, run_id: str, scheduler, seq: int) -> None:
@@ -41,6 +43,10 @@ class Job:
         self.deadline: float | None = None  # monotonic timeout of the current attempt
         self.run = None  # the Run of the current attempt (thread executor)
         self.stop_reason: str | None = None  # "cancel" or "timeout" once asked to stop
+        self.node: str | None = None  # where the attempt runs, "host (ip)" (ray executor)
+        self.placement = None  # its node, worker pid and GPUs (ray executor: _ray_cluster.Placement)
+        self.waiting: str | None = None  # why an attempt that has its node waits (a GPU leased there)
+        self.cancel_reason: str | None = None  # the error a cancelled attempt records ("cancelled by ...")
         self._result: Any = None
         self._done = threading.Event()
         self._output: list[str] = []
@@ -101,9 +107,14 @@ class Job:
             raise RunCancelled(f"run {self.name} ({self.run_id}) was cancelled: {self.error or ''}".strip())
         raise RunFailed(self.run_id, self.error or "")
 
-    def cancel(self) -> bool:
-        """Stop the run (queued: at once; running: see the executor). False if it already ended."""
-        return self._scheduler.cancel(self)
+    def cancel(self, by: str | None = None) -> bool:
+        """Stop the run (queued: at once; running: see the executor). False if it already ended.
+        ``by`` names who asked in the run's events (default: this process's user, host and pid)."""
+        return self._scheduler.cancel(self, by=by)
+
+    def set_priority(self, priority: int, by: str | None = None) -> bool:
+        """Move the queued run to ``priority`` (0-10, higher first); False once it runs or ended."""
+        return self._scheduler.set_priority(self, priority, by=by)[0]
 
     # -- events for widgets -------------------------------------------------
     def subscribe(self, listener: Callable[[Job, str, Any], None], replay: bool = True) -> None:

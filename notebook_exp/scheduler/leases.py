@@ -9,6 +9,10 @@ one GPU; ``gpus=1`` all slots of one GPU; ``gpus=3`` all slots of three GPUs.
 Beside each held slot lies ``<lock>.holder``, JSON naming the run and pid, so
 :meth:`LeaseManager.holders` can say who holds what across processes. A
 sidecar only counts while its lock is really held and its pid is alive.
+
+A request may be pinned to physical GPUs (``gpu_ids=[1, 3]``): it is then
+leased from those only, and :meth:`LeaseManager.check` refuses ids the machine
+does not have or that are reserved.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -141,6 +146,10 @@ class Lease:
         return f"<Lease {self.run_id} gpus={list(self.gpus)} fraction={self.fraction} {state}>"
 
 
+def _gpu_list(ids: list[int]) -> str:
+    return f"GPU {ids[0]} is" if len(ids) == 1 else f"GPUs {ids} are"
+
+
 def _sidecar(lock: FileLock) -> Path:
     return Path(lock.lock_file + ".holder")
 
@@ -166,14 +175,19 @@ def _write_sidecar(lock: FileLock, run_id: str, request: float) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _read_sidecar(path: Path) -> tuple[str | None, int | None]:
-    """``(run_id, pid)`` from a sidecar whose pid is alive, else ``(None, None)``."""
+def _read_sidecar(path: Path, alive: dict[int, bool] | None = None) -> tuple[str | None, int | None]:
+    """``(run_id, pid)`` from a sidecar whose pid is alive, else ``(None, None)``;
+    ``alive`` keeps the answers of one reading (a whole GPU's slots share a pid)."""
     try:
         data = json.loads(path.read_text())
         run_id, pid = str(data["run_id"]), int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
-    return (run_id, pid) if _pid_alive(pid) else (None, None)
+    if alive is None:
+        return (run_id, pid) if _pid_alive(pid) else (None, None)
+    if pid not in alive:
+        alive[pid] = _pid_alive(pid)
+    return (run_id, pid) if alive[pid] else (None, None)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -213,13 +227,16 @@ class LeaseManager:
 
     # -- requests -----------------------------------------------------------------
 
-    def check(self, gpus: float, gpu_memory: int | None = None) -> None:
+    def check(self, gpus: float, gpu_memory: int | None = None, gpu_ids: Sequence[int] | None = None) -> None:
         """Raise GpuUnavailable if the request can never be met on this machine (or
-        ConfigError if it is malformed); return quietly if it could be met some day."""
+        ConfigError if it is malformed); return quietly if it could be met some day.
+        With ``gpu_ids`` only those physical GPUs count (see :meth:`check_pinned`)."""
         whole, slots = slots_for(gpus)
+        if gpu_ids is not None:
+            self.check_pinned(gpu_ids, gpus)
         if whole == slots == 0:
             return
-        devices = self.inventory.devices()
+        devices = self._pinned(self.inventory.devices(), gpu_ids)
         need = max(whole, 1)
         if need > len(devices):
             raise GpuUnavailable(self._too_few_message(gpus, devices))
@@ -231,6 +248,32 @@ class LeaseManager:
                     f"{len(devices)} leasable GPUs have that much memory"
                 )
 
+    def check_pinned(self, gpu_ids: Sequence[int], gpus: float = 0) -> None:
+        """Raise GpuUnavailable unless every id of ``gpu_ids`` is a GPU of this machine
+        (visible to this process) that is not reserved, and there are enough of them
+        for ``gpus``; ConfigError for a malformed request."""
+        ids = sorted(gpu_ids)
+        visible = self.inventory.visible()
+        absent = [i for i in ids if i not in visible]
+        if absent:
+            reason = self.inventory.unavailable_reason
+            have = f"its GPUs are {visible}" if visible else f"it has none{': ' + reason if reason else ''}"
+            raise GpuUnavailable(f"gpu_ids={ids}: {_gpu_list(absent)} not on this machine ({have})")
+        reserved = [i for i in ids if i in self.inventory.reserved]
+        if reserved:
+            raise GpuUnavailable(
+                f"gpu_ids={ids}: {_gpu_list(reserved)} reserved (the reserved_gpus setting) and never leased; "
+                f"the leasable GPUs are {self.inventory.devices()}"
+            )
+        whole, _slots = slots_for(gpus)
+        if whole > len(ids):
+            raise ConfigError(f"gpus={gpus:g} with gpu_ids={ids}: a run pinned to {len(ids)} GPU(s) cannot "
+                              f"lease {whole}; pin more GPUs or ask for fewer")
+
+    @staticmethod
+    def _pinned(devices: list[int], gpu_ids: Sequence[int] | None) -> list[int]:
+        return devices if gpu_ids is None else [i for i in devices if i in set(gpu_ids)]
+
     def _too_few_message(self, gpus: float, devices: list[int]) -> str:
         reason = self.inventory.unavailable_reason
         if not devices and reason:
@@ -239,24 +282,25 @@ class LeaseManager:
         extra = f" (GPUs {reserved} are reserved)" if reserved else ""
         return f"gpus={gpus} asked for, but this machine has {len(devices)} leasable GPU(s){extra}"
 
-    def try_acquire(self, run_id: str, gpus: float, gpu_memory: int | None = None) -> Lease | None:
+    def try_acquire(self, run_id: str, gpus: float, gpu_memory: int | None = None,
+                    gpu_ids: Sequence[int] | None = None) -> Lease | None:
         """Lease ``gpus`` for ``run_id`` now, or return ``None`` if they are busy.
 
         Never waits. GPUs go lowest id first; a fraction goes to the GPU with the
         fewest free slots that fit it (best fit), so whole GPUs stay free.
-        ``gpu_memory`` (bytes) admits only GPUs with that much free memory now.
-        ``gpus=0`` gives an empty lease. Raises as :meth:`check` does for a
-        request that can never be met.
+        ``gpu_memory`` (bytes) admits only GPUs with that much free memory now;
+        ``gpu_ids`` only those physical GPUs. ``gpus=0`` gives an empty lease.
+        Raises as :meth:`check` does for a request that can never be met.
         """
-        self.check(gpus, gpu_memory)
+        self.check(gpus, gpu_memory, gpu_ids)
         whole, slots = slots_for(gpus)
         with self._mutex:
             if whole == slots == 0:
                 locks: dict[int, list[FileLock]] | None = {}
             elif whole:
-                locks = self._take_whole(whole, self._candidates(gpu_memory))
+                locks = self._take_whole(whole, self._candidates(gpu_memory, gpu_ids))
             else:
-                locks = self._take_slots(slots, self._candidates(gpu_memory))
+                locks = self._take_slots(slots, self._candidates(gpu_memory, gpu_ids))
             if locks is None:
                 return None
             for held in locks.values():
@@ -267,8 +311,8 @@ class LeaseManager:
         log.debug("leased %s", lease)
         return lease
 
-    def _candidates(self, gpu_memory: int | None) -> list[int]:
-        devices = self.inventory.devices()
+    def _candidates(self, gpu_memory: int | None, gpu_ids: Sequence[int] | None = None) -> list[int]:
+        devices = self._pinned(self.inventory.devices(), gpu_ids)
         if gpu_memory is None:
             return devices
         return [i for i in devices if self.inventory.free_memory(i) >= gpu_memory]
@@ -345,17 +389,19 @@ class LeaseManager:
         """Who holds each visible GPU, across processes: ``{index: [LeaseHolder, ...]}``
         (GPUs nobody holds are absent). Removes sidecars left by dead holders."""
         out: dict[int, list[LeaseHolder]] = {}
+        alive: dict[int, bool] = {}
         for index in self.inventory.visible():
             counts: dict[tuple[str | None, int | None], int] = {}
             for slot in range(SLOTS_PER_GPU):
-                who = self._slot_holder(index, slot)
+                who = self._slot_holder(index, slot, alive)
                 if who is not None:
                     counts[who] = counts.get(who, 0) + 1
             if counts:
                 out[index] = [LeaseHolder(r, p, n) for (r, p), n in counts.items()]
         return out
 
-    def _slot_holder(self, index: int, slot: int) -> tuple[str | None, int | None] | None:
+    def _slot_holder(self, index: int, slot: int, alive: dict[int, bool] | None = None,
+                     ) -> tuple[str | None, int | None] | None:
         """The holder of a slot that has a sidecar, or ``None`` if it is free.
 
         A slot without a sidecar counts as free, so reporting never takes the locks
@@ -366,10 +412,20 @@ class LeaseManager:
             return None
         probe = self._try_lock(index, slot)
         if probe is None:
-            return _read_sidecar(sidecar)
+            return _read_sidecar(sidecar, alive)
         # Free: the sidecar was stale. Removing it is safe while we hold the lock.
         _release_locks([probe])
         return None
+
+    def held(self, holders: dict[int, list[LeaseHolder]] | None = None) -> dict[str, tuple[int, ...]]:
+        """Run id -> the physical GPUs its leases hold, across processes (from
+        :meth:`holders`, read now unless given)."""
+        out: dict[str, set[int]] = {}
+        for index, found in (self.holders() if holders is None else holders).items():
+            for holder in found:
+                if holder.run_id is not None:
+                    out.setdefault(holder.run_id, set()).add(index)
+        return {run_id: tuple(sorted(gpus)) for run_id, gpus in out.items()}
 
     def snapshot(self) -> list[GpuInfo]:
         """The inventory's :meth:`~GpuInventory.snapshot` with ``holders`` filled in."""

@@ -11,10 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..exceptions import ConfigError, SinkError
 from ..tracking.values import clean_params, clean_tags
+from .pinning import clean_gpu_ids
 
-__all__ = ["EXECUTORS", "ExperimentSpec", "check_signature", "check_sinks", "parse_memory"]
+__all__ = ["EXECUTORS", "RAY_OWNED_OPTIONS", "ExperimentSpec", "check_signature", "check_sinks", "parse_memory"]
 
 EXECUTORS = ("thread", "process", "ray")
+#: Ray task options a submission sets itself, and the spec field that says what they get.
+RAY_OWNED_OPTIONS = {
+    "num_cpus": "cpus", "num_gpus": "gpus", "memory": "memory", "max_retries": "retries",
+    "retry_exceptions": "retries", "num_returns": "nothing: a run returns one value", "name": "name",
+}
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
           "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
 
@@ -42,6 +48,7 @@ class ExperimentSpec(BaseModel):
     experiment: str | None = Field(None, description="Experiment the run belongs to (default: 'default').")
     gpus: float = Field(0, ge=0, description="GPUs to lease: a count, or 0.5/0.25 to share one GPU.")
     gpu_memory: int | None = Field(None, gt=0, description="Admit only GPUs with at least this many bytes free.")
+    gpu_ids: list[int] | None = Field(None, description="Physical GPU ids the run may lease (default: any; gpus=0: all).")
     priority: int = Field(5, ge=0, le=10, description="0-10, higher runs first; FIFO within a priority.")
     retries: int = Field(0, ge=0, le=100, description="Attempts after the first when the run raises.")
     retry_backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles each time (with jitter).")
@@ -64,6 +71,18 @@ class ExperimentSpec(BaseModel):
     resume: str | None = Field(
         None, description="Id of a stored run to continue: steps go on after its last ones, params merge."
     )
+    cpus: float = Field(
+        1, ge=0, description="CPUs the run reserves on its Ray node (executor='ray'; thread and process runs ignore it)."
+    )
+    memory: int | None = Field(
+        None, gt=0, description="Memory the run reserves on its Ray node, bytes or '8GB' (executor='ray'; others ignore it)."
+    )
+    ray_options: dict[str, Any] | None = Field(
+        None, description="More options of the run's Ray task, as ray.remote(...).options() takes them: resources, "
+                          "accelerator_type, runtime_env, scheduling_strategy, label_selector (executor='ray')."
+    )
+
+    _gpu_ids = field_validator("gpu_ids", mode="before")(clean_gpu_ids)
 
     @field_validator("executor", mode="before")
     @classmethod
@@ -72,10 +91,23 @@ class ExperimentSpec(BaseModel):
             raise ValueError(f"unknown executor {value!r}; choose one of {', '.join(EXECUTORS)}")
         return value
 
-    @field_validator("gpu_memory", mode="before")
+    @field_validator("gpu_memory", "memory", mode="before")
     @classmethod
     def _memory(cls, value: Any) -> Any:
         return parse_memory(value)
+
+    @field_validator("ray_options", mode="before")
+    @classmethod
+    def _ray_options(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ValueError(f"takes a dict of Ray task options, not {value!r}")
+        owned = sorted(key for key in value if key in RAY_OWNED_OPTIONS)
+        if owned:
+            instead = ", ".join(f"{key} (use {RAY_OWNED_OPTIONS[key]})" for key in owned)
+            raise ValueError(f"cannot set {instead}: notebook_exp sets them from the submission")
+        return dict(value)
 
     @field_validator("gpus")
     @classmethod
@@ -112,7 +144,20 @@ class ExperimentSpec(BaseModel):
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able part of the spec (stored with the run)."""
-        return self.model_dump(exclude={"fn", "sinks", "source", "params"})
+        described = self.model_dump(exclude={"fn", "sinks", "source", "params", "ray_options"})
+        if self.ray_options is not None:  # a scheduling strategy is an object: stored as its repr
+            described["ray_options"] = {key: _jsonable(value) for key, value in self.ray_options.items()}
+        return described
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
 
 
 def check_signature(fn: Callable, params: dict[str, Any]) -> None:

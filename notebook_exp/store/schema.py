@@ -6,11 +6,24 @@ per run and key the count, first/last step, last value and finite min/max so
 listing runs never scans ``metrics``. ``runs.info`` holds what the run's
 collectors recorded once, by field (``environment``, ``notebook``, ...); git
 state and source code have columns of their own (``runs.git``, ``runs.source``).
+
+The control plane (docs/architecture.md, "Control requests"): ``runs.owner_*``
+name the scheduler that queued a run (its host, pid, the pid's start time and
+the notebook or script it runs), which stays the run's owner while a process
+run's ``runs.pid`` is its child; ``runs.queue_seq`` is its place in that
+scheduler's submission order and ``runs.queued_at`` when it last entered the
+queue. ``requests`` holds what any process asked of a run's owner (``cancel``,
+``priority``) and, once the owner acted, its answer.
+
+Versions: ``meta.schema_version`` says which ``SCHEMA_VERSION`` last prepared
+the file. ``TABLES`` creates what is missing (a new table reaches an old store
+this way) and ``MIGRATIONS`` adds the columns an older store lacks; both are
+idempotent and run in the first write session of every process.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: runs.owner_*, queue_seq, queued_at; requests
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -41,7 +54,13 @@ CREATE TABLE IF NOT EXISTS runs (
     spilled BIGINT DEFAULT 0,
     spec JSON,
     git JSON,
-    info JSON
+    info JSON,
+    owner_host VARCHAR,
+    owner_pid INTEGER,
+    owner_started DOUBLE,
+    owner_program VARCHAR,
+    queue_seq BIGINT,
+    queued_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
@@ -92,13 +111,36 @@ CREATE TABLE IF NOT EXISTS artifacts (
     run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR, size BIGINT,
     sha256 VARCHAR, ts TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS requests (
+    request_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    value INTEGER,
+    requested_by VARCHAR NOT NULL,
+    requested_at TIMESTAMP NOT NULL,
+    host VARCHAR,
+    pid INTEGER,
+    handled_at TIMESTAMP,
+    outcome VARCHAR,
+    detail VARCHAR
+);
 """
 
-# Columns added since the first stores were written (each statement is idempotent).
+# Columns added since the first stores were written, then the version that prepared the file (never
+# lowered by an older one, which only inserts it). Each statement is idempotent.
 MIGRATIONS = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS git JSON;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS spilled BIGINT DEFAULT 0;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS info JSON;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner_host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner_pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner_started DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner_program VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS queue_seq BIGINT;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS queued_at TIMESTAMP;
+""" + f"""INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}')
+    ON CONFLICT (key) DO UPDATE SET
+    value = CAST(greatest(TRY_CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS VARCHAR);
 """
 
 # __batch arrives grouped by run and key, steps ascending (store.batches sorts).

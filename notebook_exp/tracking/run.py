@@ -170,6 +170,7 @@ class Run:
         self._interrupt: RunInterrupted | None = None
         self._flush_lock = threading.Lock()
         self._end_lock = threading.Lock()
+        self._ending = False  # set under _flush_lock by end(): only its last, forced flush follows
         self._last_flush = _monotonic()
         self._flush_rows = settings.flush_rows
         self._flush_interval = settings.flush_interval
@@ -398,6 +399,8 @@ class Run:
         ):
             return 0
         with self._flush_lock:
+            if self._ending and not force:
+                return 0  # end() flushes last: a batch taken now would reach sinks it has closed
             chunks, mixed = [], []
             for key, rec in list(self._keys.items()):
                 points, taken = rec.take()
@@ -456,6 +459,8 @@ class Run:
         captures.stop(handles)  # the framework's methods are its own again, however the run ends
         flusher.remove(self)
         telemetry.sampler.unwatch(self)
+        with self._flush_lock:  # a flush the flusher thread is in the middle of publishes first
+            self._ending = True
         try:
             self._flush(force=True)
         finally:

@@ -98,11 +98,15 @@ class RunCard(w.VBox):
     def _header_html(self) -> str:
         job = self.job
         gpus = f" · GPU {', '.join(map(str, job.gpus))}" if job.gpus else ""
+        if job.node:
+            gpus += f" · on {esc(job.node)}"
         attempt = f" · attempt {job.attempts}" if job.attempts > 1 else ""
         took = ""
         if job.started_at:
             took = " · " + duration((job.ended_at or time.time()) - job.started_at)
         error = ""
+        if job.waiting and job.status == RunStatus.QUEUED:
+            error = f"<br><small style='color:#b8860b'>waiting: {esc(job.waiting)}</small>"
         if job.status in (RunStatus.FAILED, RunStatus.CANCELLED) and job.error:
             error = f"<br><small style='color:#dc3545'>{esc(job.error.strip().splitlines()[-1])}</small>"
         return (f"<b>{esc(job.name)}</b> {badge(job.status.value)} <small>{esc(job.experiment)}{gpus}"

@@ -57,10 +57,12 @@ def test_two_schedulers_never_share_a_gpu(fake_gpus, read_only, store_path):
 HOLDER = """
     import threading, time
     import notebook_exp as nx
+    import notebook_exp.scheduler
 
     job = nx.submit(lambda run: threading.Event().wait(), gpus=1, name="holder")
     while job.status.value != "running":
         time.sleep(0.01)
+    notebook_exp.scheduler.get_scheduler().store.writer.flush()  # its running row is committed first
     print("holding", job.gpus, flush=True)  # from the main thread: a run's prints go to its job
     threading.Event().wait()
 """

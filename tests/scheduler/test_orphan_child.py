@@ -24,6 +24,20 @@ OWNER = """
 """
 
 
+def stored(read_only, path, sql, args):
+    """``read_only``, waiting while the run's writer holds the file."""
+    import duckdb
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return read_only(path, sql, args)
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -41,7 +55,7 @@ def test_a_run_whose_scheduler_is_killed_ends_failed_and_its_process_exits(store
     deadline = time.monotonic() + 30
     child = None
     while child is None and time.monotonic() < deadline:
-        rows = read_only(store_path, "SELECT pid FROM runs WHERE run_id = ? AND pid <> ?", [run_id, owner.pid])
+        rows = stored(read_only, store_path, "SELECT pid FROM runs WHERE run_id = ? AND pid <> ?", [run_id, owner.pid])
         child = rows[0][0] if rows else None
         time.sleep(0.1)
     assert child is not None and alive(child)
@@ -52,5 +66,5 @@ def test_a_run_whose_scheduler_is_killed_ends_failed_and_its_process_exits(store
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(child), "the run's process outlived its scheduler"
-    (status, error), = read_only(store_path, "SELECT status, error FROM runs WHERE run_id = ?", [run_id])
+    (status, error), = stored(read_only, store_path, "SELECT status, error FROM runs WHERE run_id = ?", [run_id])
     assert status == "failed" and f"scheduler that started this run (pid {owner.pid}) exited" in error

@@ -25,9 +25,16 @@ class Executor:
     """
 
     name = ""
+    #: Whether the scheduler leases a job's GPUs on this machine before ``start`` (False for
+    #: ``ray``: Ray places the run, and its worker leases the GPUs Ray gave it on its own node).
+    local_leases = True
 
     def __init__(self, scheduler) -> None:
         self.scheduler = scheduler
+
+    def check(self, spec) -> None:
+        """Refuse (``ConfigError``, ``GpuUnavailable``) what this executor cannot run, at
+        submit, before anything is queued. Nothing by default."""
 
     def start(self, job, lease: Any) -> None:
         raise NotImplementedError

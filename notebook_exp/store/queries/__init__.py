@@ -15,6 +15,9 @@ short session; values always travel as parameters.
 - ``series``: metric points (``metrics``, ``metric_points``), the charts'
   extents and downsampling, ``ema``.
 - ``detail``: facets, compare, sweeps, one run's records, the widgets' and CLI's reads.
+- ``queue``: the machine's queue (``queue_entries``: every queued and running run of
+  every scheduler, ``QueueEntry``), its GPUs (``gpu_states``, ``GpuState``), and the
+  runs a control request names (``find_runs``).
 """
 
 from .access import (
@@ -35,12 +38,24 @@ from .detail import (
     recent_runs,
     run_media,
     run_overview,
+    status_counts,
     sweep_runs,
     sweeps,
 )
 from .filters import ALL_RUNS, FilterError, FilterNames, RunFilter, compile_filter
 from .fragments import SUMMARY_COLUMNS, json_pointer
 from .paths import flatten, param_paths
+from .queue import (
+    GpuHolder,
+    GpuState,
+    MachineQueue,
+    Owner,
+    QueueEntry,
+    RunTarget,
+    find_runs,
+    gpu_states,
+    queue_entries,
+)
 from .series import X_KINDS, downsample, ema, metric_points, metrics, series_extents
 from .table import (
     API_LAYOUT,
@@ -54,8 +69,10 @@ from .table import (
 
 __all__ = [
     "ALL_RUNS", "API_LAYOUT", "EARLY_STOPPED", "EMPTY_FACETS", "LIST_LAYOUT", "SUMMARY_COLUMNS", "X_KINDS",
-    "FilterError", "FilterNames", "RunFilter", "RunsLayout", "best_goal", "compare_rows", "compile_filter",
-    "count_runs", "demo_summary", "downsample", "ema", "empty_runs_table", "facets", "flatten", "json_pointer",
-    "last_values", "metric_keys", "metric_points", "metrics", "param_paths", "read", "reader", "recent_runs",
-    "run_media", "run_overview", "runs", "runs_table", "series_extents", "sql", "sweep_runs", "sweeps",
+    "FilterError", "FilterNames", "GpuHolder", "GpuState", "MachineQueue", "Owner", "QueueEntry", "RunFilter",
+    "RunTarget", "RunsLayout", "best_goal", "compare_rows", "compile_filter", "count_runs", "demo_summary",
+    "downsample", "ema", "empty_runs_table", "facets", "find_runs", "flatten", "gpu_states", "json_pointer",
+    "last_values", "metric_keys", "metric_points", "metrics", "param_paths", "queue_entries", "read", "reader",
+    "recent_runs", "run_media", "run_overview", "runs", "runs_table", "series_extents", "sql", "status_counts", "sweep_runs",
+    "sweeps",
 ]

@@ -10,7 +10,7 @@ from .fragments import IN_LIST, SWEEP_ID
 from .paths import param_paths
 
 __all__ = [
-    "EARLY_STOPPED", "EMPTY_FACETS", "compare_rows", "count_runs", "demo_summary", "facets", "last_values",
+    "EARLY_STOPPED", "EMPTY_FACETS", "compare_rows", "count_runs", "demo_summary", "status_counts", "facets", "last_values",
     "metric_keys", "recent_runs", "resume_state", "run_media", "run_overview", "sweep_runs", "sweeps",
 ]
 
@@ -25,6 +25,7 @@ FACETS_SQL = {
 }
 PARAM_STRUCTURE_SQL = "SELECT json_group_structure(params) FROM runs"
 COUNT_SQL = "SELECT count(*) FROM runs"
+STATUS_COUNTS_SQL = "SELECT status, count(*) FROM runs GROUP BY status"
 METRIC_KEYS_SQL = f"SELECT DISTINCT key FROM metric_summary WHERE run_id IN {IN_LIST} ORDER BY 1"
 COMPARE_RUNS_SQL = f"SELECT run_id, name, status, CAST(params AS VARCHAR) AS params FROM runs WHERE run_id IN {IN_LIST}"
 COMPARE_SUMMARY_SQL = (f"SELECT run_id, key, last_value, min_value, max_value FROM metric_summary "
@@ -121,6 +122,11 @@ def sweep_runs(conn, sweep_id: str) -> list[str]:
 
 def count_runs(conn) -> int:
     return conn.execute(COUNT_SQL).fetchall()[0][0]
+
+
+def status_counts(conn) -> dict[str, int]:
+    """How many runs are in each status (statuses without runs left out)."""
+    return dict(conn.execute(STATUS_COUNTS_SQL).fetchall())
 
 
 def metric_keys(conn, run_ids: list[str]) -> list[str]:
