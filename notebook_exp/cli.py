@@ -231,7 +231,7 @@ def cmd_view(args) -> int:
 
     print(f"Serving the viewer on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     server = viewer.serve(store=get_settings().store_path, host=args.host, port=args.port, show=args.show,
-                          basic_auth=args.basic_auth)
+                          basic_auth=args.basic_auth, allow_control=args.allow_control)
     print(stopped_line(server), flush=True)
     return 0
 
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=EXIT_HELP)
     view.add_argument("--store", help=STORE_HELP)
     view.add_argument("--show", action="store_true", help="open a browser")
+    view.add_argument("--allow-control", action="store_true",
+                      help="let the Queue page cancel runs and change queued runs' priorities (any process's); "
+                           "off by default: the viewer only reads")
     view.set_defaults(func=cmd_view)
     demo.set_defaults(show=False)
     for target in (view, demo):
