@@ -13,6 +13,9 @@
     notebook-exp cancel RUN_ID ...   cancel runs of any kernel or script (queued: at once; running:
                                      within their cancel_grace)
     notebook-exp priority RUN_ID N   give a queued run of any kernel or script priority N (0-10)
+    notebook-exp compact [--check]   rewrite the store sorted by run, key and step in full row groups
+                                     (smaller, faster to read; readers and writers keep working);
+                                     --check only says whether that would help
 
 Exit status: 0 when a command finished, and also when a server (``view``,
 ``demo``) was stopped by Ctrl-C (SIGINT) or SIGTERM, which is how a server
@@ -80,6 +83,11 @@ def cmd_demo(args) -> int:
     summary = queries.read(lambda conn: queries.demo_summary(conn, ids))
     print("\nRead back from DuckDB:")
     _print_frame(summary.to_pandas())
+    from .store.compact import maybe_compact
+
+    compacted = maybe_compact(get_settings().store_path)  # the sweep has ended: the store is idle
+    if compacted is not None:
+        print(f"\n{compacted}")
     sys.stdout.flush()
     if args.view:
         return cmd_view(args)
@@ -127,6 +135,19 @@ def cmd_recover(args) -> int:
     if left:
         print(f"{len(left)} spill(s) could not be ingested (see the log above); they stay in place", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_compact(args) -> int:
+    """Compact the store (``store.compact``), or with ``--check`` print how fragmented it is."""
+    from .config import get_settings
+    from .store.compact import check, compact
+
+    settings = get_settings()
+    if args.check:
+        print(check(settings.store_path, lock_timeout=settings.lock_timeout))
+        return 0
+    print(compact(settings.store_path, lock_timeout=settings.lock_timeout))
     return 0
 
 
@@ -293,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--list", action="store_true", help="only list them")
     recover.set_defaults(func=cmd_recover)
 
+    compacting = sub.add_parser("compact", help="rewrite the store sorted by run, key and step in full row groups "
+                                                 "(smaller, faster to read); readers and writers keep working")
+    compacting.add_argument("--store", help=STORE_HELP)
+    compacting.add_argument("--check", action="store_true",
+                            help="only print bytes per point and whether compaction would help")
+    compacting.set_defaults(func=cmd_compact)
     queued = sub.add_parser("queue", help="every queued and running run of every scheduler using the store, "
                                            "and the machine's GPUs with their holders")
     queued.add_argument("--store", help=STORE_HELP)
