@@ -83,11 +83,6 @@ def cmd_demo(args) -> int:
     summary = queries.read(lambda conn: queries.demo_summary(conn, ids))
     print("\nRead back from DuckDB:")
     _print_frame(summary.to_pandas())
-    from .store.compact import maybe_compact
-
-    compacted = maybe_compact(get_settings().store_path)  # the sweep has ended: the store is idle
-    if compacted is not None:
-        print(f"\n{compacted}")
     sys.stdout.flush()
     if args.view:
         return cmd_view(args)
@@ -252,7 +247,7 @@ def cmd_view(args) -> int:
 
     print(f"Serving the viewer on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     server = viewer.serve(store=get_settings().store_path, host=args.host, port=args.port, show=args.show,
-                          basic_auth=args.basic_auth, allow_control=args.allow_control)
+                          basic_auth=args.basic_auth, allow_control=getattr(args, "allow_control", False))
     print(stopped_line(server), flush=True)
     return 0
 

@@ -339,13 +339,6 @@ class Store:
                                            spill_dir=self.spill_dir)
             return self._writer
 
-    def compact(self, **options):
-        """Rewrite the file sorted by run, key and step in full row groups (``store.compact``);
-        readers and writers, this process's included, keep working meanwhile."""
-        from .compact import compact
-
-        return compact(self.path, lock_timeout=self.lock_timeout, **options)
-
     def close(self) -> None:
         """Flush and stop the writer and drop the connection."""
         writer = self._writer
