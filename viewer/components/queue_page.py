@@ -118,7 +118,6 @@ class QueuePage:
         self.answer = pn.pane.HTML("", css_classes=["nx-control-answer"])
         columns = {**COLUMNS, **(CONTROL_COLUMNS if control else {})}
         buttons = {c: {"type": "plaintext"} for c in COLUMNS}
-        buttons["status"] = {"type": "plaintext"}
         self.table = pn.widgets.Tabulator(
             queue_frame([], control=control is not None), show_index=False, disabled=True, selectable=False,
             sizing_mode="stretch_width", layout="fit_data_table", titles={c: title(t) for c, t in columns.items()},
