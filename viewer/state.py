@@ -36,9 +36,9 @@ from notebook_exp.store.queries import FilterError, FilterNames, RunFilter, comp
 
 from .background import Reads
 
-__all__ = ["DEFAULT_READ_TIMEOUT", "DEFAULT_WIDTH", "FilterError", "SeriesData", "ViewerState"]
+__all__ = ["DEFAULT_READ_TIMEOUT", "DEFAULT_WIDTH", "FilterError", "SeriesBuckets", "SeriesData", "ViewerState"]
 
-DEFAULT_WIDTH = 1000  # buckets per chart: at most 2 points (min, max) per bucket
+DEFAULT_WIDTH = 1000  # buckets per chart: one mean (and min, max) per bucket
 DEFAULT_METRIC_COLUMNS = 3
 FILTER_PARAMS = ("experiments", "statuses", "tags", "sweeps", "text", "expression", "metric_columns")
 DEFAULT_READ_GAP = 0.012  # seconds between two read sessions of this process on one store
@@ -66,6 +66,14 @@ class SeriesData(NamedTuple):
     """What ``ViewerState.series`` read, in one session (so consistent with each other)."""
 
     points: pd.DataFrame  # run_id, key, x, value: min and max per bucket
+    full: tuple[float, float] | None  # x extent of all the series
+    extents: dict  # (run_id, key) -> (first x, last x) when read
+
+
+class SeriesBuckets(NamedTuple):
+    """What ``ViewerState.series_buckets`` read, in one session: what a chart draws."""
+
+    buckets: pd.DataFrame  # one row per (run_id, key, bucket): queries.series.BUCKET_COLUMNS
     full: tuple[float, float] | None  # x extent of all the series
     extents: dict  # (run_id, key) -> (first x, last x) when read
 
@@ -216,9 +224,19 @@ class ViewerState(param.Parameterized):
         for everything; ``after`` maps (run_id, key) to an x whose points and
         earlier ones are left out (what a live chart already has).
         """
+        empty = SeriesData(pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []}), None, {})
+        return self._series(queries.downsample, SeriesData, empty, run_ids, keys, x, window, width, after)
+
+    def series_buckets(self, run_ids, keys, x: str = "step", window=None, width: int = DEFAULT_WIDTH,
+                       after=None) -> SeriesBuckets:
+        """Like ``series``, but each bucket's mean, std, count, mean x, and lowest and
+        highest point (``BUCKET_COLUMNS``), in one query: what the charts draw."""
+        empty = SeriesBuckets(queries.empty_buckets(), None, {})
+        return self._series(queries.downsample_buckets, SeriesBuckets, empty, run_ids, keys, x, window, width, after)
+
+    def _series(self, sample, result, empty, run_ids, keys, x, window, width, after):
         if x not in queries.X_KINDS:
             raise ValueError(f"x must be one of {sorted(queries.X_KINDS)}, not {x!r}")
-        empty = SeriesData(pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []}), None, {})
         run_ids, keys = list(run_ids), list(keys)
         if not run_ids or not keys:
             return empty
@@ -230,10 +248,18 @@ class ViewerState(param.Parameterized):
                 return empty
             pairs = [(r, k) for r in run_ids for k in keys if (r, k) in extents]
             span = window if window is not None else full
-            points = queries.downsample(conn, pairs, starts, x, span, width, after)
-            return SeriesData(points, full, extents)
+            return result(sample(conn, pairs, starts, x, span, width, after), full, extents)
 
         return self._read(work, empty)
+
+    def run_params(self, run_ids: list[str]) -> dict[str, dict]:
+        """Each run's params, flat (dotted names): what a chart groups runs by."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        runs, _summary = self._read(lambda conn: queries.compare_rows(conn, ids),
+                                    (pd.DataFrame(columns=["run_id", "params"]), None))
+        return {r: queries.flatten(_load_params(p)) for r, p in zip(runs["run_id"], runs["params"], strict=True)}
 
     def series_extents(self, run_ids, keys, x: str = "step") -> dict:
         """(first, last) x of each (run_id, key) from ``metric_summary`` (no metric scan)."""

@@ -9,6 +9,11 @@ sweep); the Sweep filter keeps those of chosen sweeps, and "group by sweep"
 groups the rows by it.
 Every read goes through ``state.reads`` under one key, so the newest of a
 load, a filter change and a refresh is the one applied.
+
+The page fits the window: the filters wrap onto more rows, and the table is as
+wide as the page and scrolls sideways inside itself, with the name and run id
+columns frozen at its left (``FROZEN``) and every column at most
+``DEFAULT_MAX_COLUMN_WIDTH`` wide, so the run id column is never cut.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ NAME_LINK_CSS = """
 .tabulator-cell[tabulator-field="name"] { color: #1a5fb4; cursor: pointer; text-decoration: underline; }
 """
 READ_KEY = "runs"
+#: Columns that stay at the left while the table scrolls sideways (params and metrics can be many).
+FROZEN = ("name", "run_id")
+DEFAULT_MAX_COLUMN_WIDTH = 320  # px at most per column: a long name ends in "..." and the run id stays in view
 
 
 def _status_formatter() -> StringFormatter:
@@ -95,9 +103,9 @@ class RunsList:
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=list(LIST_LAYOUT.columns)), pagination="remote", page_size=DEFAULT_PAGE_SIZE,
             selectable="checkbox", show_index=False, disabled=True, hidden_columns=["created"],
-            sizing_mode="stretch_width", layout="fit_data_table", header_align="left",
+            sizing_mode="stretch_width", layout="fit_data_fill", header_align="left", frozen_columns=list(FROZEN),
             sorters=[{"field": "created", "dir": "desc"}], css_classes=["nx-runs-table"],
-            stylesheets=[NAME_LINK_CSS],
+            stylesheets=[NAME_LINK_CSS], configuration={"columnDefaults": {"maxWidth": DEFAULT_MAX_COLUMN_WIDTH}},
         )
         self.table.param.watch(self._on_selection, "selection")
         self.table.on_click(self._on_click, column="name")
@@ -137,9 +145,10 @@ class RunsList:
             widget.param.watch(lambda event, name=name: self._on_filter(name, event.new), "value")
 
     def panel(self) -> pn.viewable.Viewable:
-        filters = pn.Row(self.experiments, self.statuses, self.tags, self.sweeps, self.text, self.expression,
-                         self.metrics)
-        header = pn.Row(self.count, self.compare_button, self.group)
+        filters = pn.FlexBox(self.experiments, self.statuses, self.tags, self.sweeps, self.text, self.expression,
+                             self.metrics, flex_wrap="wrap", sizing_mode="stretch_width", css_classes=["nx-filters"])
+        header = pn.FlexBox(self.count, self.compare_button, self.group, flex_wrap="wrap", align_items="center",
+                            sizing_mode="stretch_width")
         return pn.Column(filters, self.error, header, self.table, sizing_mode="stretch_width")
 
     # -- loading ---------------------------------------------------------------

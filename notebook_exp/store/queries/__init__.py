@@ -56,7 +56,20 @@ from .queue import (
     gpu_states,
     queue_entries,
 )
-from .series import X_KINDS, downsample, ema, metric_points, metrics, series_extents
+from .series import (
+    BUCKET_COLUMNS,
+    X_KINDS,
+    bucket_points,
+    downsample,
+    downsample_buckets,
+    ema,
+    empty_buckets,
+    merge_buckets,
+    metric_points,
+    metrics,
+    running_mean,
+    series_extents,
+)
 from .table import (
     API_LAYOUT,
     LIST_LAYOUT,
@@ -68,11 +81,11 @@ from .table import (
 )
 
 __all__ = [
-    "ALL_RUNS", "API_LAYOUT", "EARLY_STOPPED", "EMPTY_FACETS", "LIST_LAYOUT", "SUMMARY_COLUMNS", "X_KINDS",
+    "ALL_RUNS", "API_LAYOUT", "BUCKET_COLUMNS", "EARLY_STOPPED", "EMPTY_FACETS", "LIST_LAYOUT", "SUMMARY_COLUMNS", "X_KINDS",
     "FilterError", "FilterNames", "GpuHolder", "GpuState", "MachineQueue", "Owner", "QueueEntry", "RunFilter",
-    "RunTarget", "RunsLayout", "best_goal", "compare_rows", "compile_filter", "count_runs", "demo_summary",
-    "downsample", "ema", "empty_runs_table", "facets", "find_runs", "flatten", "gpu_states", "json_pointer",
-    "last_values", "metric_keys", "metric_points", "metrics", "param_paths", "queue_entries", "read", "reader",
-    "recent_runs", "run_media", "run_overview", "runs", "runs_table", "series_extents", "sql", "status_counts", "sweep_runs",
+    "RunTarget", "RunsLayout", "best_goal", "bucket_points", "compare_rows", "compile_filter", "count_runs", "demo_summary",
+    "downsample", "downsample_buckets", "ema", "empty_buckets", "empty_runs_table", "facets", "find_runs", "flatten", "gpu_states", "json_pointer",
+    "last_values", "merge_buckets", "metric_keys", "metric_points", "metrics", "param_paths", "queue_entries", "read", "reader",
+    "recent_runs", "run_media", "running_mean", "run_overview", "runs", "runs_table", "series_extents", "sql", "status_counts", "sweep_runs",
     "sweeps",
 ]

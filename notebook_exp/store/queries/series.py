@@ -1,7 +1,15 @@
 """Metric points: every point of some runs (``nx.metrics``, the viewer's export),
-and the charts' reads: each series' extent from ``metric_summary``, and the points
-of a window downsampled in DuckDB to at most two (min and max) per pixel bucket,
-so spikes survive. ``ema`` smooths what a chart draws.
+and the charts' reads: each series' extent from ``metric_summary``, and a window
+downsampled in DuckDB to pixel buckets.
+
+One query (``downsample_buckets``) gives each bucket its points' count, mean,
+population std and mean x, and its lowest and highest point (value and x).
+Charts draw the mean as the line and min..max (or mean +- std) as a band, so
+the trend reads and spikes stay visible; ``downsample`` keeps the min and max
+points of each bucket (a spike always survives), which is the charts' raw view
+and the JSON API's points. ``merge_buckets`` coarsens buckets in memory
+exactly (a live chart whose extent grew), and ``ema`` and ``running_mean``
+smooth what a chart draws.
 """
 
 from __future__ import annotations
@@ -13,9 +21,15 @@ from typing import Any
 from .access import _store
 from .fragments import IN_LIST
 
-__all__ = ["X_KINDS", "downsample", "ema", "metric_points", "metrics", "series_extents"]
+__all__ = [
+    "BUCKET_COLUMNS", "X_KINDS", "bucket_points", "downsample", "downsample_buckets", "ema", "empty_buckets",
+    "merge_buckets", "metric_points", "metrics", "running_mean", "series_extents",
+]
 
 POINT_COLUMNS = ["run_id", "key", "step", "ts", "value"]
+#: One row per (run, key, bucket): the mean x of its points, their mean, population std and
+#: count, and its lowest (``x_lo``, ``lo``) and highest (``x_hi``, ``hi``) point.
+BUCKET_COLUMNS = ["run_id", "key", "x", "mean", "std", "count", "x_lo", "lo", "x_hi", "hi"]
 
 #: Points of some runs (optionally of some keys, optionally with each run's name), by run, key, step.
 POINTS_SQL = """
@@ -50,6 +64,7 @@ FAST_DOWNSAMPLE_SQL = """
 WITH sel AS (SELECT unnest(?::VARCHAR[]) AS run_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS ri)
 SELECT sel.ri, {key_column}({x} - ?) * ? // ? AS bucket,
        arg_min({x}, m.value) AS x_lo, min(m.value) AS lo, arg_max({x}, m.value) AS x_hi, max(m.value) AS hi
+       {stats}
 FROM metrics m JOIN sel ON m.run_id = sel.run_id
 WHERE {key_filter} AND {raw} AND isfinite(m.value)
 GROUP BY ALL ORDER BY ALL
@@ -68,9 +83,14 @@ pts AS (
 )
 SELECT run_id, key, least(floor((x - ?) * ? / ?), ? - 1)::BIGINT AS bucket,
        arg_min(x, value) AS x_lo, min(value) AS lo, arg_max(x, value) AS x_hi, max(value) AS hi
+       {stats}
 FROM pts WHERE x BETWEEN ? AND ? AND x > after
 GROUP BY ALL ORDER BY ALL
 """
+
+# The charts' bucket statistics, added to either query (``downsample`` alone leaves them out).
+FAST_STATS = ", avg({x}) AS x_mean, avg(m.value) AS mean, stddev_pop(m.value) AS std, count(*) AS count"
+JOINED_STATS = ", avg(x) AS x_mean, avg(value) AS mean, stddev_pop(value) AS std, count(*) AS count"
 
 EXTENTS_SQL = f"""
 SELECT s.run_id, s.key, s.first_step, s.last_step, epoch_ms(r.started_at), epoch_ms(s.last_ts)
@@ -144,22 +164,42 @@ def downsample(conn, pairs, starts, x: str, window: tuple[float, float], width: 
     lowest and highest point (one point when it holds one), so at most
     ``2 * width`` points come back per run and key, and a spike always does.
     ``after`` maps a pair to an x its points must exceed (a live chart's tail).
+    The query is ``downsample_buckets``' without the bucket statistics.
     """
+    return bucket_points(_downsample(conn, pairs, starts, x, window, width, after, stats=False))
+
+
+def downsample_buckets(conn, pairs, starts, x: str, window: tuple[float, float], width: int, after=None):
+    """Each (run, key) of ``pairs`` inside ``window``, cut into ``width`` buckets, one
+    row per bucket that holds points (``BUCKET_COLUMNS``; a pandas frame ordered by
+    run, key and x), computed in one DuckDB query.
+
+    ``x`` is the mean x of the bucket's points (where its mean is drawn), ``std``
+    their population standard deviation (0 for one point); non-finite values are
+    left out. ``starts`` maps a run id to its start (epoch ms, relative time);
+    ``after`` maps a pair to an x its points must exceed (a live chart's tail).
+    """
+    columns = _downsample(conn, pairs, starts, x, window, width, after, stats=True)
+    return empty_buckets() if columns is None else _buckets(columns)
+
+
+def _downsample(conn, pairs, starts, x, window, width, after, stats: bool):
+    """The bucket query's columns (numpy, with run_id and key), or ``None`` without pairs."""
     if not pairs:
-        return _bucket_points(None)
+        return None
     if x in FAST_X and not after:
-        return _fast_downsample(conn, pairs, x, window, width)
+        return _fast_downsample(conn, pairs, x, window, width, stats)
     x0, x1 = window
     after = after or {}
     lows = [after.get(pair, -math.inf) for pair in pairs]
     offs = [starts.get(run_id, 0.0) for run_id, _key in pairs]
-    sql = JOINED_DOWNSAMPLE_SQL.format(x=X_EXPRESSIONS[x], raw=RAW_RANGES[x])
+    sql = JOINED_DOWNSAMPLE_SQL.format(x=X_EXPRESSIONS[x], raw=RAW_RANGES[x], stats=JOINED_STATS if stats else "")
     args = [[p[0] for p in pairs], [p[1] for p in pairs], offs, lows, *_raw_range(x, x0, x1, lows, offs),
             x0, float(width), max(x1 - x0, 1e-9), float(width), x0, x1]
-    return _bucket_points(conn.execute(sql, args).fetchnumpy())
+    return conn.execute(sql, args).fetchnumpy()
 
 
-def _fast_downsample(conn, pairs, x: str, window: tuple[float, float], width: int):
+def _fast_downsample(conn, pairs, x: str, window: tuple[float, float], width: int, stats: bool):
     import numpy as np
 
     run_ids = sorted({p[0] for p in pairs})
@@ -170,13 +210,14 @@ def _fast_downsample(conn, pairs, x: str, window: tuple[float, float], width: in
         x=FAST_X[x], raw=RAW_RANGES[x],
         key_column="" if one_key else "m.key, ",
         key_filter="m.key = ?" if one_key else f"m.key IN {IN_LIST}",
+        stats=FAST_STATS.format(x=FAST_X[x]) if stats else "",
     )
     args = [run_ids, run_ids, lo, width, hi - lo + 1, keys[0] if one_key else keys, lo, hi + 1]
     columns = conn.execute(sql, args).fetchnumpy()
     columns["run_id"] = np.asarray(run_ids, dtype=object)[np.asarray(columns["ri"], dtype=np.int64)]
     if one_key:
         columns["key"] = np.full(len(columns["run_id"]), keys[0], dtype=object)
-    return _bucket_points(columns)
+    return columns
 
 
 def _raw_range(x: str, x0: float, x1: float, lows: list[float], offs: list[float]) -> list:
@@ -189,28 +230,95 @@ def _raw_range(x: str, x0: float, x1: float, lows: list[float], offs: list[float
     return [int(math.floor(lo)), int(math.floor(hi)) + 1]
 
 
-def _bucket_points(columns):
-    """Two points per bucket (its min and max, in x order; one when they coincide).
-
-    ``columns`` holds run_id, key, x_lo, lo, x_hi, hi, ordered by run, key and bucket.
-    """
+def empty_buckets():
+    """A ``BUCKET_COLUMNS`` frame without rows."""
     import numpy as np
     import pandas as pd
 
-    if columns is None or not len(columns["run_id"]):
+    return pd.DataFrame({
+        "run_id": pd.Series([], dtype=object), "key": pd.Series([], dtype=object),
+        **{c: np.array([], dtype="int64" if c == "count" else "float64") for c in BUCKET_COLUMNS[2:]},
+    })
+
+
+def _buckets(columns):
+    """The query's columns (ordered by run, key and bucket) as a ``BUCKET_COLUMNS`` frame."""
+    import numpy as np
+    import pandas as pd
+
+    if not len(columns["run_id"]):
+        return empty_buckets()
+    return pd.DataFrame({
+        "run_id": pd.Series(np.asarray(columns["run_id"], dtype=object), dtype=object),
+        "key": pd.Series(np.asarray(columns["key"], dtype=object), dtype=object),
+        "x": np.asarray(columns["x_mean"], dtype="float64"),
+        "mean": np.asarray(columns["mean"], dtype="float64"),
+        "std": np.asarray(columns["std"], dtype="float64"),
+        "count": np.asarray(columns["count"], dtype="int64"),
+        "x_lo": np.asarray(columns["x_lo"]), "lo": np.asarray(columns["lo"], dtype="float64"),
+        "x_hi": np.asarray(columns["x_hi"]), "hi": np.asarray(columns["hi"], dtype="float64"),
+    })
+
+
+def bucket_points(buckets):
+    """Two points per bucket (its min and max, in x order; one when they coincide):
+    a pandas frame run_id, key, x, value in the order of ``buckets`` (a ``BUCKET_COLUMNS``
+    frame, or a mapping of its run_id, key, x_lo, lo, x_hi and hi columns)."""
+    import numpy as np
+    import pandas as pd
+
+    if buckets is None or not len(buckets["run_id"]):
         return pd.DataFrame({"run_id": [], "key": [], "x": [], "value": []})
-    x_lo, x_hi = np.asarray(columns["x_lo"]), np.asarray(columns["x_hi"])
-    lo, hi = np.asarray(columns["lo"], dtype="float64"), np.asarray(columns["hi"], dtype="float64")
+    x_lo, x_hi = np.asarray(buckets["x_lo"]), np.asarray(buckets["x_hi"])
+    lo, hi = np.asarray(buckets["lo"], dtype="float64"), np.asarray(buckets["hi"], dtype="float64")
     first = x_lo <= x_hi
     xs = np.column_stack([np.where(first, x_lo, x_hi), np.where(first, x_hi, x_lo)])
     values = np.column_stack([np.where(first, lo, hi), np.where(first, hi, lo)])
     keep = np.column_stack([np.ones(len(first), bool), x_lo != x_hi]).ravel()
-    run_ids = np.repeat(np.asarray(columns["run_id"], dtype=object), 2)[keep]
-    keys = np.repeat(np.asarray(columns["key"], dtype=object), 2)[keep]
+    run_ids = np.repeat(np.asarray(buckets["run_id"], dtype=object), 2)[keep]
+    keys = np.repeat(np.asarray(buckets["key"], dtype=object), 2)[keep]
     return pd.DataFrame({
         "run_id": pd.Series(run_ids, dtype=object), "key": pd.Series(keys, dtype=object),
         "x": xs.ravel()[keep], "value": values.ravel()[keep],
     })
+
+
+def merge_buckets(buckets, start: float, span: float, width: int):
+    """``buckets`` (``BUCKET_COLUMNS``) coarsened to ``width`` buckets over
+    ``[start, start + span]``, in memory: each bucket joins the coarse bucket its
+    mean x falls in (clamped to the ends). Counts add; the mean, the mean x and
+    the std combine exactly (pooled sums of squares); the lowest and highest
+    points are kept, so spikes survive."""
+    import numpy as np
+    import pandas as pd
+
+    if not len(buckets):
+        return buckets
+    span = max(float(span), 1e-9)
+    x = buckets["x"].to_numpy(dtype="float64")
+    coarse = np.clip(np.floor((x - start) * width / span), 0, width - 1)
+    codes = pd.MultiIndex.from_arrays([buckets["run_id"].to_numpy(dtype=object),
+                                       buckets["key"].to_numpy(dtype=object), coarse]).factorize()[0]
+    _, first = np.unique(codes, return_index=True)  # each coarse bucket's first row, by code
+    n = buckets["count"].to_numpy(dtype="float64")
+    mean = buckets["mean"].to_numpy(dtype="float64")
+    total = np.bincount(codes, weights=n)
+    merged_mean = np.bincount(codes, weights=n * mean) / total
+    spread = n * (buckets["std"].to_numpy(dtype="float64") ** 2 + (mean - merged_mean[codes]) ** 2)
+    lo, hi = buckets["lo"].to_numpy(dtype="float64"), buckets["hi"].to_numpy(dtype="float64")
+    by_lo, by_hi = np.lexsort((lo, codes)), np.lexsort((-hi, codes))
+    low = by_lo[np.unique(codes[by_lo], return_index=True)[1]]  # the row of each code's lowest point
+    high = by_hi[np.unique(codes[by_hi], return_index=True)[1]]
+    out = pd.DataFrame({
+        "run_id": pd.Series(buckets["run_id"].to_numpy(dtype=object)[first], dtype=object),
+        "key": pd.Series(buckets["key"].to_numpy(dtype=object)[first], dtype=object),
+        "x": np.bincount(codes, weights=n * x) / total, "mean": merged_mean,
+        "std": np.sqrt(np.maximum(np.bincount(codes, weights=spread) / total, 0.0)),
+        "count": total.astype("int64"),
+        "x_lo": buckets["x_lo"].to_numpy()[low], "lo": lo[low],
+        "x_hi": buckets["x_hi"].to_numpy()[high], "hi": hi[high],
+    })
+    return out.sort_values(["run_id", "key", "x"], kind="stable", ignore_index=True)
 
 
 def ema(values, weight: float):
@@ -225,4 +333,20 @@ def ema(values, weight: float):
         return values
     finite = np.isfinite(values)
     smooth = pd.Series(np.where(finite, values, np.nan)).ewm(alpha=1 - weight, adjust=True, ignore_na=True).mean()
+    return np.where(finite, smooth.to_numpy(), np.nan)
+
+
+def running_mean(values, window: int):
+    """Trailing running mean over ``window`` points (the point and the ``window - 1``
+    before it; fewer at the start) of a numpy array; non-finite points are skipped
+    and stay NaN. ``window`` 1 or less returns the values unchanged."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(values, dtype="float64")
+    window = int(window)
+    if window <= 1 or len(values) == 0:
+        return values
+    finite = np.isfinite(values)
+    smooth = pd.Series(np.where(finite, values, np.nan)).rolling(window, min_periods=1).mean()
     return np.where(finite, smooth.to_numpy(), np.nan)
