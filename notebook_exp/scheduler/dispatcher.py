@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 import traceback
 from typing import Any
@@ -97,10 +98,19 @@ class DispatchLoop:
                 log.exception("queueing the check for lost runs failed")
 
     def _dispatch(self) -> float:
-        """Start every job that can start; returns how long to sleep at most."""
+        """Start every job that can start; returns how long to sleep at most.
+
+        Jobs are tried in queue order, and a later one may start when an earlier
+        one cannot (it waits for a dependency, or for more GPUs than are free).
+        But once a job found too few GPUs, no later job asking as many or more
+        starts in this round: GPUs freed by another thread while the round went
+        on would otherwise go to whichever job happened to ask next rather than
+        to the first in the queue.
+        """
         wait = 1.0
         now = time.monotonic()
         blocked = []
+        short = math.inf  # the fewest GPUs a job of this round asked for and did not get
         try:
             while self._heap and len(self._running) < self.max_concurrent:
                 item = heapq.heappop(self._heap)
@@ -108,38 +118,46 @@ class DispatchLoop:
                 if job.status != RunStatus.QUEUED:
                     continue  # cancelled while queued
                 try:
-                    hold = self._try_launch(job, now)
+                    hold, starved = self._try_launch(job, now, short)
                 except Exception as exc:  # noqa: BLE001 - fail this job, not the queue
                     self._fail(job, "dispatching the run", exc)
                     continue
                 if hold is not None:
                     blocked.append(item)
                     wait = min(wait, hold)
+                    if starved and not job.spec.gpu_memory and not getattr(job.spec, "gpu_ids", None):
+                        short = min(short, job.spec.gpus)  # a pinned or memory-bound ask says less
         finally:
             for item in blocked:
                 heapq.heappush(self._heap, item)
         return wait
 
-    def _try_launch(self, job: Job, now: float) -> float | None:
-        """Launch ``job`` if it can start now; returns ``None`` once it is launched or
-        ended (it will never start), else how long to wait before trying again."""
+    def _try_launch(self, job: Job, now: float, short: float = math.inf) -> tuple[float | None, bool]:
+        """Launch ``job`` if it can start now.
+
+        Returns ``(None, False)`` once it is launched or ended (it will never
+        start), else how long to wait before trying again and whether it waits
+        for GPUs: its GPUs are taken, or a job ahead of it asked for ``short``
+        GPUs, no more than it needs, and did not get them."""
         ready, hold = self._readiness(job, now)
         if ready is False:
-            return None  # a dependency failed: the job was cancelled
+            return None, False  # a dependency failed: the job was cancelled
         if ready is None:
-            return hold
+            return hold, False
         lease = None
         if job.spec.gpus and self.executor(job.spec.executor).local_leases:  # ray: its worker leases on its node
+            if job.spec.gpus >= short:
+                return GPU_POLL, True
             try:
                 lease = self.leases.try_acquire(job.run_id, job.spec.gpus, job.spec.gpu_memory,
                                                 getattr(job.spec, "gpu_ids", None))
             except GpuUnavailable as exc:
                 self._finish(job, RunStatus.FAILED, str(exc))
-                return None
+                return None, False
             if lease is None:
-                return GPU_POLL
+                return GPU_POLL, True
         self._launch(job, lease)
-        return None
+        return None, False
 
     def _readiness(self, job: Job, now: float) -> tuple[bool | None, float]:
         """True: may start; None: not yet (and how long to wait); False: never.

@@ -1,7 +1,12 @@
 """The scheduler in one process: order, dependencies, retries, cancel, timeout, bad input."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -260,3 +265,39 @@ def test_sweep_over_a_grid_and_a_list(store_path):
     assert set(table.name) == {"lr=0.1 bs=8", "lr=0.1 bs=16", "lr=0.2 bs=8", "lr=0.2 bs=16"}
     more = nx.sweep(lambda run, lr: None, [{"lr": 1}, {"lr": 2}], experiment="list")
     assert nx.wait(more, timeout=30) == [RunStatus.COMPLETED] * 2
+
+
+def test_gpus_freed_during_a_round_go_to_the_first_in_the_queue(use_settings, tmp_path, monkeypatch):
+    """Another process frees the GPUs just after the first job of a dispatch round was
+    refused them: the next job of that round, asking as many, must not take them."""
+    from notebook_exp.inventory import GpuInventory
+
+    inventory = GpuInventory.detect(fake_gpus=2, cuda_visible_devices=None)
+    scheduler = use_settings(max_concurrent=4, inventory=inventory)
+    holder = subprocess.Popen(  # another process holds both GPUs (the lease files of this lock folder)
+        [sys.executable, str(Path(__file__).with_name("_lease_child.py")), str(tmp_path / "locks"), "2", "other", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert json.loads(holder.stdout.readline())["gpus"] == [0, 1]
+        order = []
+        jobs = [nx.submit(record(order, f"p{p}"), priority=p, gpus=2) for p in (1, 9, 5)]
+        assert [j.queue_position for j in jobs] == [2, 0, 1]
+
+        real, freed = scheduler.leases.try_acquire, threading.Event()
+
+        def freed_after_the_refusal(*args, **kwargs):
+            lease = real(*args, **kwargs)
+            if lease is None and not freed.is_set():  # the round's first ask: let the holder go now
+                holder.stdin.close()
+                holder.wait(10)
+                freed.set()
+            return lease
+
+        monkeypatch.setattr(scheduler.leases, "try_acquire", freed_after_the_refusal)
+        assert nx.wait(jobs, timeout=30) == [RunStatus.COMPLETED] * 3
+        assert freed.is_set() and order == ["p9", "p5", "p1"]
+    finally:
+        holder.kill()
+        holder.wait()
