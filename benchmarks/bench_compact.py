@@ -159,9 +159,14 @@ def finish(proc) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def compact_with_probes(path: Path) -> None:
+def p99(values: list[float]) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * 0.99))] if values else float("nan")
+
+
+def compact_with_probes(path: Path) -> float:
     """Compact ``path`` while the probes run (from 3 s before to 3 s after); print their waits
-    inside and outside the compaction's window."""
+    inside and outside the compaction's window. Returns the reader's p99 inside it."""
     from notebook_exp.store.compact import compact
 
     stop = path.with_name(path.name + ".stop-probes")
@@ -175,6 +180,7 @@ def compact_with_probes(path: Path) -> None:
     writer_out, reader_out = finish(writer), finish(reader)
     stop.unlink()
     print("  with a writer and a reader using the store:")
+    reader_inside = [d for t, d in reader_out["samples"] if t + d >= started and t <= ended]
     for name, out in (("writer (run.flush of 1,000 points)", writer_out), ("reader (one short query)", reader_out)):
         inside = [d for t, d in out["samples"] if t + d >= started and t <= ended]
         outside = [d for t, d in out["samples"] if t + d < started or t > ended]
@@ -188,6 +194,7 @@ def compact_with_probes(path: Path) -> None:
     print(f"    the writer logged {writer_out['points']:,} points; stored {stored:,} ({distinct:,} distinct steps)"
           + ("" if stored == distinct == writer_out["points"] else "  <-- MISMATCH"))
     print(f"  that compaction: {result.seconds:.1f} s, {result.resynced} (run, key)s re-synced; {holds(result)}")
+    return p99(reader_inside)
 
 
 def holds(result) -> str:
@@ -196,7 +203,8 @@ def holds(result) -> str:
             f"final session {ms(result.final_hold)}")
 
 
-def report(label: str, path: Path, logged: float, with_probes: bool) -> None:
+def report(label: str, path: Path, logged: float, with_probes: bool) -> dict:
+    """Print one store's figures; returns bytes/point before and after and the reader's p99."""
     from notebook_exp.store.compact import check, compact
 
     found = check(path)
@@ -215,8 +223,10 @@ def report(label: str, path: Path, logged: float, with_probes: bool) -> None:
     with_default = compact(alone, block_size=262_144)
     print(f"  the same with DuckDB's default 256 KiB blocks: {with_default.bytes_per_point_after:.1f} bytes/point")
     alone.unlink()
+    found = {"before": result.bytes_per_point_before, "after": result.bytes_per_point_after}
     if with_probes:
-        compact_with_probes(path)
+        found["reader_p99"] = compact_with_probes(path)
+    return found
 
 
 def main() -> None:
@@ -229,14 +239,18 @@ def main() -> None:
 
         print(f"duckdb {duckdb.__version__}, {os.cpu_count()} cores\n")
         sequential = folder / "sequential.duckdb"
-        report("100 runs x 1,000 steps, 1 metric, one run after another", sequential,
-               log_store(SEQUENTIAL, sequential), with_probes=False)
+        figures = {"100 runs x 1k steps": report("100 runs x 1,000 steps, 1 metric, one run after another",
+                                                 sequential, log_store(SEQUENTIAL, sequential), with_probes=False)}
         sweep = folder / "sweep.duckdb"
-        report("100 runs x 1,000 steps x 3 metrics, 10 runs at a time, 20 ms flushes", sweep,
-               log_store(SWEEP, sweep, flush_interval="0.02"), with_probes=True)
+        figures["sweep, 3 metrics"] = report("100 runs x 1,000 steps x 3 metrics, 10 runs at a time, 20 ms flushes",
+                                             sweep, log_store(SWEEP, sweep, flush_interval="0.02"), with_probes=True)
         long = folder / "long.duckdb"
-        report(f"one run of {args.long_points:,} points", long, log_store(LONG, long, args.long_points),
-               with_probes=True)
+        figures[f"one {args.long_points / 1e6:g} M point run"] = report(
+            f"one run of {args.long_points:,} points", long, log_store(LONG, long, args.long_points), with_probes=True)
+        print(f"\nissue 17 figures (load {os.getloadavg()[0]:.2f}; budget <= 10 B/point after):")
+        for name, found in figures.items():
+            reader = f"; reader wait p99 while compacting {ms(found['reader_p99'])}" if "reader_p99" in found else ""
+            print(f"  {name}: {found['before']:.1f} -> {found['after']:.1f} B/point{reader}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -52,6 +52,26 @@ class Settings(BaseSettings):
     flush_rows: int = Field(
         50_000, ge=1, description="A run's buffer is flushed early once it holds this many points."
     )
+    idle_flush_rows: int = Field(
+        20_000,
+        ge=0,
+        description=(
+            "A run's buffer is also flushed as soon as it holds this many points while the store's writer "
+            "is idle (nothing queued, no commit in progress, for twice its last commit and at least 50 ms), "
+            "so little is left to commit at run.end(); "
+            "under load the writer is busy and batches grow towards flush_rows. 0 turns this off. (2,000 cost a 100k-step loop 2.6x the writer CPU for no shorter run.end(): docs/architecture.md section 2.)"
+        ),
+    )
+    gil_switch_interval: float = Field(
+        0.001,
+        ge=0,
+        le=0.1,
+        description=(
+            "GIL switch interval (seconds) this process uses while it works in DuckDB, so a busy training "
+            "thread does not stretch the store's commits (sys.setswitchinterval; restored after). 0 leaves "
+            "the interpreter's interval alone. Measured with benchmarks/bench_loop.py --switch."
+        ),
+    )
     sinks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["duckdb"],
         description="Names (entry points of group notebook_exp.sinks) of the sinks every run uses.",
@@ -100,6 +120,15 @@ class Settings(BaseSettings):
         description=(
             "Metric points held in memory while the store cannot be written before they are spilled; "
             "past it, with no spill possible either, points are dropped and counted (runs.dropped)."
+        ),
+    )
+    auto_compact: bool = Field(
+        True,
+        description=(
+            "Compact a fragmented store automatically: once this process's store writer has had nothing to write "
+            "for 30 s, a detached lowest-priority process compacts the store when nobody wrote it for 10 s, "
+            "`notebook-exp compact --check` says it would help and no run is queued or running; it gives up as "
+            "soon as anyone writes (false: only `notebook-exp compact` compacts)."
         ),
     )
     max_concurrent: int | None = Field(

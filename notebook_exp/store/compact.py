@@ -72,6 +72,18 @@ table's rows and each primary-key index blocks of their own, so with the default
 64 KiB; the 10 M point run to 2.5 and 2.1). Under 64 KiB DuckDB stops bit-packing
 integers (steps and timestamps are then stored as 8 bytes each).
 
+Automatic compaction: a process whose store writer has had nothing to write for a while
+calls ``Store.on_writer_idle`` (``store/core.py``), which, when ``auto_compact`` is on and the file is
+big enough and has grown since its last launch, starts ``main`` in a detached process
+(its own session, ``nice`` 19, idle I/O class) and returns at once: the training process
+pays one ``stat`` and one fork, never the compaction's CPU or GIL. That process runs
+``auto_compact``: one per store on the machine (``<store>.auto-compact.lock``), it waits
+until the store's file and WAL stay unchanged for ``AUTO_QUIET`` seconds, compacts only
+when ``check`` says it would help and no run is queued or running, and abandons the
+compaction (``compact(..., abandon=...)``: the store unchanged, its partial copy removed)
+as soon as anyone writes the store before the final session. It prints one line on what it
+did into ``<store>.auto-compact.log``.
+
 Test seam: ``compact(..., pause=fn)`` calls ``fn(point)`` at each of ``POINTS``
 (``"planned"``, ``"copying"`` with a copy session open, ``"copied"``, ``"final"``
 with the final session open, ``"built"`` just before the rename, ``"swapped"``
@@ -97,8 +109,8 @@ from ..exceptions import StoreError, StoreLocked
 from . import schema
 from ._gil import quick_gil_handoff
 
-__all__ = ["BLOCK_SIZE", "CHUNK_POINTS", "POINTS", "SWAP_FENCE", "SWAP_GRACE", "CompactResult", "Fragmentation", "check",
-           "compact", "maybe_compact"]
+__all__ = ["AUTO_MAX_WAIT", "AUTO_QUIET", "BLOCK_SIZE", "CHUNK_POINTS", "POINTS", "SWAP_FENCE", "SWAP_GRACE",
+           "CompactResult", "Fragmentation", "auto_compact", "check", "compact", "main", "maybe_compact"]
 
 log = logging.getLogger("notebook_exp.store")
 
@@ -125,9 +137,20 @@ HELPS_SAVING = 0.25
 #: ... and at least this many bytes.
 HELPS_BYTES = 1_000_000
 
+#: ``auto_compact``: seconds nobody may have written the store before it starts...
+AUTO_QUIET = 10.0
+#: ... how long it waits for such a spell before it gives up (the next idle writer launches it again) ...
+AUTO_MAX_WAIT = 300.0
+#: ... and how often it looks (a stat of the file and its WAL).
+AUTO_POLL = 0.5
+
 #: Tables whose rows are kept sorted by run, key and step.
 _SORTED = {"texts", "histograms", "images"}
 _NO_SPACE = ("No space left", "Disk quota", "ENOSPC", "not enough space")
+
+
+class _Abandoned(StoreError):
+    """``compact(..., abandon=...)`` gave up before its final session; the store is unchanged."""
 
 
 @dataclass
@@ -232,8 +255,10 @@ def _no_space(exc: BaseException) -> bool:
 
 
 class _Compactor:
-    def __init__(self, path: Path, block_size: int, lock_timeout: float, pause, given: Path | None = None) -> None:
+    def __init__(self, path: Path, block_size: int, lock_timeout: float, pause, given: Path | None = None,
+                 abandon: Callable[[], bool] | None = None) -> None:
         self.path = path
+        self.abandon = abandon or (lambda: False)
         #: WALs DuckDB may have made for the store: beside the file, and beside the link a process used
         self.wals = [p.with_name(p.name + ".wal") for p in {path, given or path}]
         self.block_size = block_size
@@ -298,8 +323,10 @@ class _Compactor:
             self.pause("planned")
             self.copy(reader, writer, plan)
             self.pause("copied")
+            self.give_up_if_asked()
             self.catch_up(writer)
             writer.execute("CHECKPOINT new")
+            self.give_up_if_asked()
             points = self.final(writer)
         except BaseException as exc:
             for conn in (reader, writer):
@@ -310,7 +337,6 @@ class _Compactor:
             self.remove_temp()
             if self.built_size and not self.tmp.exists() or isinstance(exc, StoreError):
                 raise  # (the first: interrupted after the swap, which stands)
-                raise
             if _no_space(exc):
                 free = shutil.disk_usage(self.path.parent).free
                 raise StoreError(
@@ -332,6 +358,11 @@ class _Compactor:
         return CompactResult(self.path, points, before, self.built_size, time.monotonic() - started,
                              len(self.holds), max(self.holds), self.final_hold, self.resynced, self.block_size,
                              self.holds)
+
+    def give_up_if_asked(self) -> None:
+        if self.abandon():
+            raise _Abandoned(f"abandoned the compaction of {self.path}: someone wrote the store meanwhile; "
+                             "the store is unchanged")
 
     def remove_temp(self) -> None:
         for name in glob.glob(glob.escape(str(self.tmp)) + "*"):
@@ -405,6 +436,8 @@ class _Compactor:
             size = 0
             try:
                 for i, (sql, params) in enumerate(plan["chunks"]):
+                    if i:
+                        self.give_up_if_asked()
                     with self.held(reader):
                         table = reader.sql(sql, params=params).to_arrow_table()
                         self.record(reader, params)
@@ -775,7 +808,7 @@ def _fsync(path: Path) -> None:
 
 # -- the entry points -----------------------------------------------------------------
 def compact(path: str | os.PathLike, *, block_size: int = BLOCK_SIZE, lock_timeout: float = 120.0,
-            pause: Callable[[str], None] | None = None) -> CompactResult:
+            pause: Callable[[str], None] | None = None, abandon: Callable[[], bool] | None = None) -> CompactResult:
     """Rewrite the store at ``path`` sorted by run, key and step in full row groups
     (see the module docstring); returns what it did. Readers and writers keep working
     meanwhile; writers wait at most one read-only session at a time.
@@ -784,6 +817,9 @@ def compact(path: str | os.PathLike, *, block_size: int = BLOCK_SIZE, lock_timeo
     or holds objects it does not create, when another compaction of it is running, when
     the disk fills up (the store is then unchanged), and ``StoreLocked`` when a session
     waited ``lock_timeout`` seconds for the file. ``pause`` is the test seam (``POINTS``).
+    ``abandon()``, when given, is asked between the copy's sessions and before the final
+    one; once it says yes the compaction stops with a ``StoreError`` ("abandoned ...") and
+    the store is unchanged.
     """
     from filelock import FileLock, Timeout
 
@@ -798,7 +834,7 @@ def compact(path: str | os.PathLike, *, block_size: int = BLOCK_SIZE, lock_timeo
         raise StoreError(f"another compaction of {target} is running") from None
     try:
         _remove_leftovers(target)
-        return _Compactor(target, block_size, lock_timeout, pause, given).run()
+        return _Compactor(target, block_size, lock_timeout, pause, given, abandon).run()
     finally:
         lock.release()
 
@@ -884,21 +920,125 @@ def check(path: str | os.PathLike, *, lock_timeout: float = 120.0) -> Fragmentat
     return Fragmentation(target, points, size, block_size, total, free, row_groups, estimate, helps, reason)
 
 
+def _live_runs(path: Path, lock_timeout: float) -> int:
+    """How many runs of the store are queued or running (one short read-only session)."""
+    worker = _Compactor(path, BLOCK_SIZE, lock_timeout, None)
+    conn = _connect(Path(tempfile.gettempdir()))
+    try:
+        with worker.held(conn):
+            return conn.execute("SELECT count(*) FROM old.runs WHERE status IN ('queued', 'running')").fetchone()[0]
+    finally:
+        conn.close()
+
+
 def maybe_compact(path: str | os.PathLike, *, lock_timeout: float = 120.0) -> CompactResult | None:
     """Compact the store at ``path`` if ``check`` says it would help and no run in it is
     queued or running; returns what it did, else None."""
     found = check(path, lock_timeout=lock_timeout)
-    if not found.would_help:
-        return None
-    worker = _Compactor(found.path, BLOCK_SIZE, lock_timeout, None)
-    conn = _connect(Path(tempfile.gettempdir()))
-    try:
-        with worker.held(conn):
-            live = conn.execute("SELECT count(*) FROM old.runs WHERE status IN ('queued', 'running')").fetchone()[0]
-    finally:
-        conn.close()
-    if live:
+    if not found.would_help or _live_runs(found.path, lock_timeout):
         return None
     return compact(found.path, lock_timeout=lock_timeout)
+
+
+# -- automatic compaction ---------------------------------------------------------------
+def _signature(path: Path) -> tuple:
+    """What changes when anyone writes the store: its file's inode, size and mtime, and its WAL's.
+    (Read-only sessions, which are all a compaction makes of the store, change none of them.)"""
+    found = []
+    for name in (path, path.with_name(path.name + ".wal")):
+        try:
+            st = os.stat(name)
+            found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            found.append(None)
+    return tuple(found)
+
+
+def _wait_quiet(path: Path, quiet: float, max_wait: float) -> bool:
+    """Wait until nobody wrote the store for ``quiet`` seconds; False once ``max_wait`` passed first."""
+    deadline = time.monotonic() + max_wait
+    seen, since = _signature(path), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(AUTO_POLL, quiet))
+        now = _signature(path)
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return True
+
+
+def auto_compact(path: str | os.PathLike, *, quiet: float = AUTO_QUIET, max_wait: float = AUTO_MAX_WAIT,
+                 lock_timeout: float = 120.0, pause: Callable[[str], None] | None = None) -> str:
+    """Automatic compaction, as the detached process ``launch_auto`` starts runs it; returns
+    one line saying what it did.
+
+    At most one runs per store on the machine (``<store>.auto-compact.lock``). It waits
+    until nobody has written the store for ``quiet`` seconds (giving up after ``max_wait``:
+    the next idle writer launches it again), compacts only when ``check`` says it would help
+    and no run is queued or running, and abandons the compaction (the store unchanged) as
+    soon as anyone writes the store before its final session: compaction copes with
+    writers, but this one runs at the lowest priority, and a starved low-priority process
+    must not hold sessions a training process waits for.
+    """
+    from filelock import FileLock, Timeout
+
+    target = Path(path).expanduser().absolute().resolve()
+    lock = FileLock(str(target.with_name(target.name + ".auto-compact.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return f"skipped {target}: another automatic compaction of it is running"
+    try:
+        if not target.is_file():
+            return f"skipped {target}: no store there"
+        if not _wait_quiet(target, quiet, max_wait):
+            return f"skipped {target}: still written to after {max_wait:.0f} s"
+        found = check(target, lock_timeout=lock_timeout)
+        if not found.would_help:
+            return f"not needed: {found}"
+        if _live_runs(target, lock_timeout):
+            return f"skipped {target}: runs are queued or running"
+        signature = _signature(target)
+        try:
+            result = compact(target, lock_timeout=lock_timeout, pause=pause,
+                             abandon=lambda: _signature(target) != signature)
+        except _Abandoned as exc:
+            return str(exc)
+        return str(result)
+    finally:
+        lock.release()
+
+
+def _lower_priority() -> None:
+    """The lowest CPU and I/O priority for this process (where the OS has them)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)
+    with contextlib.suppress(Exception):
+        import psutil
+
+        psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -c 'from notebook_exp.store.compact import main; main()' --auto PATH``: the
+    detached process ``Store.on_writer_idle`` launches (at the lowest priority); prints what it did."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="automatic compaction of one store")
+    parser.add_argument("--auto", required=True, metavar="PATH", help="the store")
+    parser.add_argument("--quiet", type=float, default=AUTO_QUIET)
+    parser.add_argument("--max-wait", type=float, default=AUTO_MAX_WAIT)
+    parser.add_argument("--lock-timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    _lower_priority()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        print(auto_compact(args.auto, quiet=args.quiet, max_wait=args.max_wait, lock_timeout=args.lock_timeout),
+              flush=True)
+    except StoreError as exc:
+        print(f"failed: {exc}", flush=True)
+        return 1
+    return 0
 
 

@@ -8,10 +8,16 @@ in-memory connection and attaches the file only for short sessions::
     ... one transaction ...
     DETACH store
 
-The writer may hold its attachment for a bounded window when it has more to
-write. All sessions of one process go through one lock, so the writer thread
-and in-process readers never step on each other, and all run with a short GIL
-switch interval (``_gil``), so a busy training loop does not stretch them.
+A read-write attach first takes the writers' turn, an ``flock`` of
+``<store>.writers.lock`` held while attached, so writers of this package that wait
+for each other retry on a cheap system call rather than a DuckDB ATTACH, and a
+reader kept waiting holds ``<store>.readers.lock`` shared, during which writers
+take no new turn (docs/architecture.md "Many writers"). The writer may hold its attachment for a bounded window when it
+has more to write. Once the writer has been idle a while it calls
+``Store.on_writer_idle``, which may launch automatic compaction in a detached
+process (``compact.py``). All sessions of one process go through one lock, so the
+writer thread and in-process readers never step on each other, and all run with a
+short GIL switch interval (``_gil``), so a busy training loop does not stretch them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: DuckDB's lock alone
+    fcntl = None
+
 from ..exceptions import StoreError, StoreLocked
 from ..models import RunStatus
 from . import schema
@@ -38,6 +49,17 @@ log = logging.getLogger("notebook_exp.store")
 
 _PID_RE = re.compile(r"PID (\d+)")
 DEFAULT_WARN_AFTER = 5.0
+#: ``Store.on_writer_idle`` launches the compactor only for a file at least this big (``check`` wants 1 MB
+#: and a quarter of the file saved) ...
+AUTO_COMPACT_MIN_BYTES = 4_000_000
+#: ... and only once it grew by this factor since the last launch from this process.
+AUTO_COMPACT_GROWTH = 1.25
+#: Whether writers of this package take turns through ``<store>.writers.lock`` (see ``Store._take_turn``).
+DEFAULT_USE_TURN = True
+#: Whether writers let readers that wait for the file go first (see ``Store._wait_as_reader``).
+DEFAULT_READERS_FIRST = True
+#: What the launched process runs (``store/compact.py``: ``main``, then ``auto_compact``).
+_AUTO_COMPACT = "import sys; from notebook_exp.store.compact import main; sys.exit(main())"
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -61,7 +83,7 @@ class Store:
     """A store file and this process's one connection to it."""
 
     def __init__(self, path: str | os.PathLike, lock_timeout: float = 120.0, *, spill_dir=None,
-                 outage_points: int | None = None) -> None:
+                 outage_points: int | None = None, auto_compact: bool = False) -> None:
         self.path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
         #: Where spills go (None: ``<store file>.spill`` beside the store; see ``spill.py``).
@@ -77,6 +99,19 @@ class Store:
         self._waiting_for: int | None = None
         self._records = None
         self.warn_after = DEFAULT_WARN_AFTER
+        #: Whether ``on_writer_idle`` launches automatic compaction.
+        self.auto_compact = auto_compact
+        self._compactor = None  # the last process ``on_writer_idle`` launched
+        self._compacted_at = 0  # the file's size when it did
+        #: ``<store>.writers.lock``: the writers' turn (see ``_take_turn``); its descriptor while this process has it
+        self._turn_path = self.path.with_name(self.path.name + ".writers.lock")
+        self._turn_fd: int | None = None
+        #: Whether writers take the turn file before DuckDB's lock (False: DuckDB's lock alone).
+        self.use_turn = DEFAULT_USE_TURN
+        #: ``<store>.readers.lock``: held shared by readers waiting for the file (``_wait_as_reader``).
+        self._readers_path = self.path.with_name(self.path.name + ".readers.lock")
+        #: Whether writers let waiting readers go first (``_readers_waiting``).
+        self.readers_first = DEFAULT_READERS_FIRST
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -96,6 +131,9 @@ class Store:
                     "autoload_known_extensions": False,
                 },
             )
+            # A query past 2 s would draw DuckDB's progress-bar widget into whatever cell is running
+            # (a background flush under load did, in a notebook); not settable in ``config``.
+            self._conn.execute("SET enable_progress_bar = false")
         return self._conn
 
     def _try_attach(self, write: bool) -> int | None:
@@ -107,6 +145,9 @@ class Store:
                 self._detach()
             if write:
                 self._make_parent()
+                holder = self._take_turn()
+                if holder is not None:
+                    return holder
             elif not self.path.exists():
                 raise StoreError(f"no store at {self.path} (nothing has been logged there yet)")
             conn = self._connection()
@@ -115,7 +156,10 @@ class Store:
 
             try:
                 conn.execute(f"ATTACH '{quoted}' AS store" + ("" if write else " (READ_ONLY)"))
-            except duckdb.Error as exc:
+            except BaseException as exc:
+                self._give_turn()
+                if not isinstance(exc, duckdb.Error):
+                    raise
                 if not _is_lock_conflict(exc):
                     raise StoreError(f"cannot open store {self.path}: {exc}") from exc
                 return holder_pid(exc) or 0
@@ -131,8 +175,17 @@ class Store:
 
         Between two tries the lock is let go, so this process's other sessions (an
         in-kernel viewer, a flush) are never stuck behind a writer that waits out
-        another process. Raises ``StoreLocked`` naming the holder's PID.
+        another process. A reader that found the file held says so (``_wait_as_reader``)
+        until it gets in. Raises ``StoreLocked`` naming the holder's PID.
         """
+        waiting: list[int] = []
+        try:
+            self._tries(write, timeout, waiting)
+        finally:
+            for fd in waiting:
+                os.close(fd)  # closing the only descriptor drops its shared lock
+
+    def _tries(self, write: bool, timeout: float | None, waiting: list[int]) -> None:
         start = time.monotonic()
         warned = False
         while True:
@@ -150,6 +203,8 @@ class Store:
                 return
             self._lock.release()
             waited = time.monotonic() - start
+            if not write:
+                self._wait_as_reader(waiting)
             if write:
                 self._waiting_for = holder
             if timeout is not None and waited >= timeout:
@@ -162,9 +217,86 @@ class Store:
                 )
             time.sleep(random.uniform(0.002, 0.010))
 
-    def _detach(self) -> None:
-        if self._mode is None:
+    def _wait_as_reader(self, waiting: list[int]) -> None:
+        """Hold a shared ``flock`` of ``<store>.readers.lock`` while a reader waits for the
+        file (its descriptor goes into ``waiting``; nothing where it cannot be made):
+        writers of this package do not take their next turn while one is held, so a
+        waiting reader gets the file when the current window ends rather than after
+        every writer's next one. Taken again at each try: a writer looking at that very
+        moment makes one try fail."""
+        if fcntl is None or not self.use_turn:
             return
+        if not waiting:
+            try:
+                waiting.append(os.open(self._readers_path, os.O_RDWR | os.O_CREAT, 0o666))
+            except OSError:
+                return
+        with contextlib.suppress(OSError):
+            fcntl.flock(waiting[0], fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def _readers_waiting(self) -> bool:
+        """Whether a reader of this package waits for the file (``_wait_as_reader``)."""
+        try:
+            fd = os.open(self._readers_path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # (and with it the lock, if it was taken)
+        return False
+
+    def _take_turn(self) -> int | None:
+        """Take the writers' turn: an exclusive ``flock`` of ``<store>.writers.lock``, held
+        while this process has the store attached read-write. None once taken (or when the
+        file cannot be made: DuckDB's lock alone decides then), else the PID written in it
+        (0 when unknown). Writers of this package that wait for each other then fail on a
+        2 us system call instead of a DuckDB ATTACH (0.6 ms of CPU each, measured), which
+        with four writer processes on two cores took the CPU the writer holding the file
+        needed (``benchmarks/bench_writers.py``; docs/architecture.md "Many writers")."""
+        if self._turn_fd is not None or fcntl is None or not self.use_turn:
+            return None
+        if self.readers_first and self._readers_waiting():
+            return 0
+        try:
+            fd = os.open(self._turn_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = int(os.pread(fd, 20, 0) or 0)
+            except (OSError, ValueError):
+                holder = 0
+            finally:
+                os.close(fd)
+            if holder and not _process_alive(holder, None):
+                return None  # a dead writer's descriptor lives on in a child it forked: DuckDB's lock decides
+            return holder
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._turn_fd = fd
+        return None
+
+    def _give_turn(self) -> None:
+        fd, self._turn_fd = self._turn_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: a forked child's copy of the descriptor must not keep it
+            os.close(fd)
+
+    def _detach(self) -> None:
+        try:
+            if self._mode is not None:
+                self._detach_file()
+        finally:
+            self._give_turn()
+
+    def _detach_file(self) -> None:
         conn = self._conn
         try:
             conn.execute("USE memory")
@@ -259,6 +391,44 @@ class Store:
         """Detach the file if a kept session left it attached (DETACH checkpoints: DuckDB work too)."""
         with self._lock, quick_gil_handoff():
             self._detach()
+
+    def on_writer_idle(self):
+        """The writer's thread calls this once nothing was written for a while. With
+        ``auto_compact`` on, a file of at least ``AUTO_COMPACT_MIN_BYTES`` that grew by
+        ``AUTO_COMPACT_GROWTH`` since the last launch, and no compactor of this process still
+        running, it launches automatic compaction in a detached process at the lowest
+        priority (``compact.auto_compact``, which waits for the store to stay unwritten,
+        checks it, and compacts or not) and returns it; else None. Never raises: it costs
+        this process one ``stat`` and, rarely, one fork, and no GIL beyond that."""
+        try:
+            return self._launch_compactor()
+        except Exception:  # noqa: BLE001 - a training process must not notice
+            log.warning("could not launch automatic compaction of %s", self.path, exc_info=True)
+            return None
+
+    def _launch_compactor(self):
+        if not self.auto_compact:
+            return None
+        if self._compactor is not None and self._compactor.poll() is None:
+            return None  # still at it (poll also reaps it once it is done)
+        size = self.path.stat().st_size
+        if size < self._compacted_at:
+            self._compacted_at = size  # it was compacted: grow from here
+        if size < max(AUTO_COMPACT_MIN_BYTES, AUTO_COMPACT_GROWTH * self._compacted_at):
+            return None
+        import subprocess
+        import sys
+
+        self._compacted_at = size
+        out = open(self.path.with_name(self.path.name + ".auto-compact.log"), "ab")
+        with out:
+            self._compactor = subprocess.Popen(
+                [sys.executable, "-c", _AUTO_COMPACT, "--auto", str(self.path), "--lock-timeout",
+                 str(self.lock_timeout)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True,
+            )
+        log.info("launched automatic compaction of %s (process %d)", self.path, self._compactor.pid)
+        return self._compactor
 
     def recover(self) -> int:
         """Queue a check for runs of dead processes (see ``_recover_lost_runs``); returns its write's sequence."""
@@ -417,7 +587,8 @@ def get_store(path: str | os.PathLike, lock_timeout: float | None = None, settin
 
                 settings = get_settings()
             store = Store(key, lock_timeout if lock_timeout is not None else settings.lock_timeout,
-                          spill_dir=settings.spill_dir, outage_points=settings.outage_points)
+                          spill_dir=settings.spill_dir, outage_points=settings.outage_points,
+                          auto_compact=settings.auto_compact)
             _stores[key] = store
         return store
 

@@ -9,7 +9,9 @@ most ``DEFAULT_HOLD`` seconds so high-rate logging does not pay ATTACH/DETACH
 per flush; between windows it is detached so readers get in. Its sessions, and
 the Arrow building before them, run with a short GIL switch interval
 (``_gil.quick_gil_handoff``), so a training loop busy in Python does not
-stretch its commits.
+stretch its commits. ``rested`` tells runs the writer has had nothing to do for
+a while, so they hand over small batches then (``tracking.run``); ``wait_idle`` lets ``start_run``
+return only once the thread has started and committed the run's row.
 
 Nothing is reported written that was not. Queued work is cleared only after its
 transaction committed (or it went into a spill), and:
@@ -55,6 +57,11 @@ MAX_TXN_POINTS = 100_000
 #: Pause after a window that ended with work still queued, so waiting readers
 #: (which retry every 2-10 ms) get the file before the writer takes it again.
 READER_GAP = 0.015
+#: A run hands over a small batch (``idle_flush_rows``) only once the writer has rested
+#: REST times its last window, and at least MIN_REST seconds: at most a third of the
+#: time holding the file for small commits, so readers get in (``rested``).
+REST = 2.0
+MIN_REST = 0.05
 #: Points held in memory during an outage before they are spilled.
 DEFAULT_OUTAGE_POINTS = 5_000_000
 #: First retry delay of an outage, doubled per failure up to MAX_BACKOFF (seconds).
@@ -63,6 +70,9 @@ MAX_BACKOFF = 5.0
 #: Slice of one wait for another process's lock (the writer looks at stop and
 #: spill requests between slices), and how long a stopping writer waits for one.
 LOCK_SLICE = 0.5
+#: Seconds without anything to write, after a write, before the writer calls ``Store.on_writer_idle``
+#: (which may launch automatic compaction in a detached process; ``store/compact.py``).
+IDLE_AFTER = 30.0
 EXIT_LOCK_WAIT = 3.0
 STATEMENT_RETRIES = 3
 
@@ -121,12 +131,17 @@ class StoreWriter:
         self._spilled: list[tuple[int, int, spill.SpillInfo]] = []  # (first seq, last seq, spill)
         self._unrecorded_drops: Counter = Counter()
         self._stopping = False
+        self._wrote = False  # committed something since the last idle call
         self.stopped = False
         #: The current outage, if the store cannot be written now.
         self.outage: Outage | None = None
         #: Metric points dropped per run (an outage whose spill failed, past the bound).
         self.dropped: Counter = Counter()
         self.commit_seconds: deque[float] = deque(maxlen=10_000)
+        self._busy = False  # between taking ops and announcing them (the thread's)
+        self._idle_since = time.monotonic()  # when the last window ended
+        self._last_window = 0.0  # how long it held the file (seconds)
+        self._started = threading.Event()  # set once the thread imported numpy and pyarrow
         self._thread = threading.Thread(
             target=self._loop, name=f"notebook_exp-writer[{store.path.name}]", daemon=True
         )
@@ -212,6 +227,38 @@ class StoreWriter:
             raise StoreError(f"write to {self.store.path} failed: {error}") from error
         return True
 
+    @property
+    def idle(self) -> bool:
+        """Whether the writer has nothing queued and no transaction in progress."""
+        return not self._busy and not self._queue
+
+    @property
+    def rested(self) -> bool:
+        """Whether the writer is idle and has been for ``REST`` times its last window
+        (at least ``MIN_REST`` seconds): a run's flush then hands over a small batch
+        rather than wait for ``flush_interval`` (``tracking.run``). The rest keeps this
+        process's hold on the file to a fraction of the time, so readers and other
+        processes' writers get in between its small commits."""
+        if self._busy or self._queue:
+            return False
+        return time.monotonic() - self._idle_since >= max(MIN_REST, REST * self._last_window)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until the thread has started and everything
+        submitted so far is settled; never raises (``start_run`` calls it so a training
+        loop does not start beside the writer's imports and first commit)."""
+        deadline = time.monotonic() + timeout
+        if not self._started.wait(timeout):
+            return False
+        with self._cond:
+            seq = self._submitted
+            while self._settled < seq and self.outage is None and not self.stopped:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self._settled >= seq
+
     def spill_of(self, seq: int) -> spill.SpillInfo | None:
         """The spill that holds write ``seq``, if it went into one."""
         with self._cond:
@@ -260,13 +307,20 @@ class StoreWriter:
         self._thread.join(timeout)
 
     # -- the thread ---------------------------------------------------------
-    def _take(self, block: bool) -> list:
+    def _take(self, block: bool) -> list | None:
         """The next transaction's ops, in order: everything queued, but at most
-        ``MAX_TXN_POINTS`` metric points (always at least one op)."""
+        ``MAX_TXN_POINTS`` metric points (always at least one op); None when ``block``
+        waited ``IDLE_AFTER`` seconds for work after a write."""
         with self._cond:
             while block and not self._queue and not self._stopping:
-                self._cond.wait()
+                if not self._wrote:
+                    self._cond.wait()
+                elif not self._cond.wait(IDLE_AFTER) and not self._queue and not self._stopping:
+                    self._wrote = False
+                    return None
             ops, points = [], 0
+            if self._queue:
+                self._busy = True  # until the loop announced them (``idle``)
             while self._queue:
                 seq, op = self._queue[0]
                 if op[0] == "metrics":
@@ -280,9 +334,15 @@ class StoreWriter:
         import numpy  # noqa: F401 - import now, not inside the first commit
         import pyarrow  # noqa: F401
 
+        from .. import _arrow  # noqa: F401 - and what the first batch's Arrow building needs
+
+        self._started.set()
         try:
             while True:
                 ops = self._take(block=True)
+                if ops is None:
+                    self.store.on_writer_idle()  # never raises
+                    continue
                 if not ops:
                     break  # stopping and drained
                 try:
@@ -294,6 +354,8 @@ class StoreWriter:
                 except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failure
                     log.exception("the writer of %s hit an unexpected error", self.store.path)
                     self._give_up(ops, exc)
+                finally:
+                    self._busy = False
         finally:
             with self._cond:
                 self.stopped = True
@@ -312,6 +374,7 @@ class StoreWriter:
             while True:
                 self._commit(ops)
                 committed = ops
+                self._wrote = True
                 saturated = time.monotonic() - opened >= self.hold
                 more = None if saturated else self._take(block=False)
                 if not more:
@@ -320,6 +383,8 @@ class StoreWriter:
                 committed, ops = None, more
         finally:
             self.store.release()
+            self._idle_since = time.monotonic()
+            self._last_window = self._idle_since - opened
             if committed is not None:
                 self._done(committed)
         if saturated:

@@ -4,7 +4,9 @@ One daemon thread per process, started with the first run and stopped by
 ``stop()`` (idempotent; at exit and by the test fixtures). Every ``POLL``
 seconds it asks each live run to flush; a run hands over its buffer when it
 holds ``flush_rows`` points or ``flush_interval`` has passed since its last
-flush.
+flush, or when it holds ``idle_flush_rows`` points and the store's writer is
+idle (``Run._flush``). A tick that finds nothing due costs a few microseconds
+of this thread's time per run.
 """
 
 from __future__ import annotations

@@ -64,6 +64,9 @@ _STEP_MAX = 2**53  # steps are stored exactly up to here
 _STEP_MIN = -_STEP_MAX
 _time = time.time
 _monotonic = time.monotonic
+#: Seconds ``start_run`` waits at most for the store's writer to have started and
+#: committed the run's row (a held store is not waited for).
+START_WAIT = 2.0
 _NUMBERS = (float, int)  # what a buffer holds read already (the rest: device tensors, read at flush)
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("notebook_exp_run", default=None)
 
@@ -174,6 +177,7 @@ class Run:
         self._last_flush = _monotonic()
         self._flush_rows = settings.flush_rows
         self._flush_interval = settings.flush_interval
+        self._idle_rows = settings.idle_flush_rows
         self._dispatcher = Dispatcher(
             info, sinks, settings.sink_retries, settings.sink_queue_rows, processors=settings.processors
         )
@@ -389,13 +393,20 @@ class Run:
         return values
 
     # -- flushing and ending ------------------------------------------------
+    def _writer_idle(self) -> bool:
+        writer = self._store._writer  # never start one here: the run's records started it
+        return writer is not None and writer.rested
+
     def _flush(self, force: bool = False) -> int:
-        """Hand the buffered points to the sinks if due (``flush_rows`` or
-        ``flush_interval`` reached) or if ``force``."""
+        """Hand the buffered points to the sinks if due or if ``force``. Due: ``flush_rows``
+        points or ``flush_interval`` reached, or ``idle_flush_rows`` points while the
+        store's writer is idle and rested (small batches while it has nothing to do, so
+        ``end`` commits only a short tail; large ones under load, when it stays busy)."""
         recs = list(self._keys.values())
         pending = sum(len(rec.points) for rec in recs) // 3 + sum(len(rec.mixed) for rec in recs if rec.mixed)
         if not pending or (
             not force and pending < self._flush_rows and _monotonic() - self._last_flush < self._flush_interval
+            and not (self._idle_rows and pending >= self._idle_rows and self._writer_idle())
         ):
             return 0
         with self._flush_lock:
@@ -590,7 +601,9 @@ def start_run(
     (default: the ``capture_tensorboard`` setting; see ``tracking.capture``).
     ``columns`` sets more of its ``runs`` columns (the scheduler's attempts and
     gpus); ``gpu_inventory`` is the inventory those gpus were leased from (their
-    telemetry is read there).
+    telemetry is read there). It returns once the store's writer has started and
+    committed the run's row (at most ``START_WAIT`` seconds; not waited for while
+    another process holds the file), so a training loop does not start beside it.
     """
     from ..store import get_store, utcnow
 
@@ -652,6 +665,8 @@ def start_run(
     _current.set(run)
     flusher.add(run)
     telemetry.sampler.watch(run)
+    if not held:  # the loop starts beside an idle writer, not its imports and the run's first commit
+        store_obj.writer.wait_idle(START_WAIT)
     if starters:
         try:
             run._captures = captures.start(run, starters)

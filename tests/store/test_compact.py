@@ -384,3 +384,17 @@ def test_a_full_disk_stops_compaction_with_the_store_untouched(fragmented, small
     assert leftovers(path) == []
     ballast.unlink()
     assert compact(path).bytes_per_point_after <= 10
+
+
+def test_abandon_stops_it_between_sessions_with_the_store_untouched(store):
+    unchanged = digest(store)
+    asked = []
+
+    def abandon():
+        asked.append(1)
+        return len(asked) >= 2  # the first question goes through, the second gives up
+
+    with pytest.raises(StoreError, match="abandoned the compaction .* the store is unchanged"):
+        compact(store, abandon=abandon)
+    assert digest(store) == unchanged and leftovers(store) == []
+    assert compact(store, abandon=lambda: False).bytes_per_point_after <= 10  # asked, never yes: it finishes
