@@ -5,11 +5,18 @@
 
 nbval (``pytest --nbval notebooks/``) compares a fresh run with these saved outputs,
 so run this after changing a notebook (or what it shows) and review the diff.
+
+The kernels cache Python bytecode (``PYTHONPYCACHEPREFIX``, default
+``<tmp>/notebook_exp-pycache``, the folder tests/test_notebooks.py uses too), even
+where ``PYTHONDONTWRITEBYTECODE`` is set: a local Ray (07) starts a few Python
+processes, and without a cache each compiles ray again.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +25,7 @@ import nbformat
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 120  # seconds per cell
+PYCACHE = os.path.join(tempfile.gettempdir(), "notebook_exp-pycache")
 
 
 def execute(path: Path) -> tuple[nbformat.NotebookNode, float]:
@@ -33,6 +41,8 @@ def execute(path: Path) -> tuple[nbformat.NotebookNode, float]:
 
 
 def main(names: list[str]) -> int:
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the kernels inherit this environment
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", PYCACHE)
     paths = [HERE / n for n in names] if names else sorted(HERE.glob("[0-9]*.ipynb"))
     for path in paths:
         nb, seconds = execute(path)

@@ -7,12 +7,16 @@ carry only their own data: BokehJS comes once per page from the Jupyter server
 """
 
 import ast
+import base64
+import hashlib
+import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,13 +44,17 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SANITIZE = NOTEBOOKS / "nbval_sanitize.cfg"
 NAMES = ["01_quickstart.ipynb", "02_gpu_scheduling.ipynb", "03_logging_and_queries.ipynb", "04_plugins.ipynb",
-         "06_frameworks.ipynb"]
+         "05_viewer.ipynb", "06_frameworks.ipynb", "07_scale_out.ipynb"]
 MAX_SECONDS = 60  # each notebook, top to bottom, in a fresh kernel (the issue's cap)
 MAX_BYTES = 500_000  # each notebook file, everything included (the issue's cap)
 MAX_CHART_BYTES = 100_000  # one chart's output: its data and scripts, never BokehJS
 SUBMITS = ("%%experiment", "nx.submit(", "nx.sweep(")
 WAITS = ("%experiment_wait", "nx.wait(", "--wait")
 DEMO_STATUSES = ["completed"] * 4 + ["failed", "cancelled"]
+#: Python's bytecode cache for the kernels and what they start (the folder tests/ray/conftest.py uses):
+#: a local Ray (07) starts a few Python processes, each importing ray, and with no cache (the venv
+#: ships no .pyc, and PYTHONDONTWRITEBYTECODE is set here) each compiles it again.
+PYCACHE = os.path.join(tempfile.gettempdir(), "notebook_exp-pycache")
 
 
 def load(name: str) -> nbformat.NotebookNode:
@@ -74,6 +82,20 @@ def shows_something(source: str) -> bool:
     calls_print = any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
                       for node in ast.walk(tree))
     return calls_print or bool(tree.body and isinstance(tree.body[-1], ast.Expr))
+
+
+def with_bytecode_cache(env) -> dict[str, str]:
+    """``env`` with Python's bytecode cache on, in ``PYCACHE``."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.setdefault("PYTHONPYCACHEPREFIX", PYCACHE)
+    return env
+
+
+@pytest.fixture
+def bytecode_cache(monkeypatch):
+    """Kernels started in this test cache bytecode (``with_bytecode_cache``)."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", os.environ.get("PYTHONPYCACHEPREFIX", PYCACHE))
 
 
 def execute(nb, path: Path, timeout: int = 120) -> nbformat.NotebookNode:
@@ -154,6 +176,53 @@ def test_the_quickstart_has_two_light_charts():
     charts = chart_outputs(load("01_quickstart.ipynb"))
     assert len(charts) == 2
     print("chart outputs:", [f"{len(c) / 1000:.1f} kB" for c in charts])
+
+
+def image_outputs(nb) -> list[tuple[str, bytes]]:
+    return [(cell.source, base64.b64decode(out["data"][mime])) for cell in code_cells(nb) for out in cell.outputs
+            for mime in ("image/jpeg", "image/png") if mime in out.get("data", {})]
+
+
+def printed(cell) -> str:
+    return "".join(out.get("text", "") + out.get("data", {}).get("text/plain", "") for out in cell.outputs)
+
+
+def test_the_viewer_notebook_shows_a_real_screenshot_of_each_page_and_stops_its_viewer():
+    """05: one screenshot per page (Runs, Compare, Run, Queue), each a picture of something (not a
+    blank page), all different, light; the viewer is stopped at the end and says so."""
+    from PIL import Image, ImageStat
+
+    nb = load("05_viewer.ipynb")
+    shots = image_outputs(nb)
+    addresses = [re.search(r'screenshot\((f?"[^"]*"|compare)', source)[1] for source, _ in shots]
+    assert addresses == ['""', "compare", 'f"?page=run&run={too_fast.run_id}"', '"?page=queue"']
+    assert len({hashlib.sha256(shot).hexdigest() for _, shot in shots}) == 4
+    for _source, shot in shots:
+        image = Image.open(io.BytesIO(shot))
+        spread = ImageStat.Stat(image.convert("L")).stddev[0]
+        print(f"screenshot: {image.format} {image.size}, {len(shot) / 1000:.0f} kB, grey spread {spread:.0f}")
+        assert image.format == "JPEG" and image.size == (1100, 700)
+        assert len(shot) < 80_000 and spread > 20
+    last = code_cells(nb)[-1]
+    assert "server.stop()" in last.source and printed(last).endswith("the viewer has stopped\n")
+
+
+def test_the_scale_out_notebook_runs_one_cell_on_two_executors_into_one_store():
+    """07: the Ray cell is the thread cell with ``--executor ray`` added, and the store holds both
+    sweeps with the same numbers; Ray is stopped at the end."""
+    nb = load("07_scale_out.ipynb")
+    cells = [cell for cell in code_cells(nb) if cell.source.startswith("%%experiment")]
+    assert len(cells) == 2 and "--executor" not in cells[0].source
+    assert cells[1].source.replace(" --executor ray", "") == cells[0].source
+    (table,) = [cell for cell in code_cells(nb) if cell.source.startswith('table = nx.runs("scale-out")')]
+    rows = re.findall(r"^\d+\s+(sweep lr=\S+)\s+(ray|thread)\s+(\w+)\s+\S+\s+(\S+)$", printed(table), flags=re.M)
+    assert sorted((name, executor, status) for name, executor, status, _ in rows) == [
+        (name, executor, "completed") for name in ("sweep lr=0.05", "sweep lr=0.5") for executor in ("ray", "thread")]
+    losses = {}
+    for name, _executor, _status, loss in rows:
+        losses.setdefault(name, set()).add(loss)
+    assert all(len(values) == 1 for values in losses.values()), losses
+    assert printed(code_cells(nb)[-1]) == "Ray is stopped\n"
 
 
 def jupyter_env(tmp_path: Path) -> dict[str, str]:
@@ -271,7 +340,7 @@ def test_a_chart_that_gets_no_bokehjs_says_why(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_each_notebook_runs_top_to_bottom_in_a_fresh_kernel_within_the_cap(name, tmp_path):
+def test_each_notebook_runs_top_to_bottom_in_a_fresh_kernel_within_the_cap(name, bytecode_cache):
     nb = load(name)
     for cell in code_cells(nb):
         cell.outputs = []
@@ -294,7 +363,8 @@ def test_nbval_passes_twice_in_a_row_in_either_order():
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--keep-duplicates", "--nbval",
             "--nbval-sanitize-with", str(SANITIZE), *order]
     started = time.perf_counter()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1700)
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1700,
+                          env=with_bytecode_cache(os.environ))
     print(f"nbval, twice: {time.perf_counter() - started:.1f} s\n{proc.stdout[-2000:]}")
     cells = 2 * sum(len(code_cells(load(n))) for n in NAMES)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
@@ -303,7 +373,7 @@ def test_nbval_passes_twice_in_a_row_in_either_order():
 
 def test_sanitizers_are_few_and_ignored_cells_rare():
     sections = re.findall(r"^\[(.+)\]$", SANITIZE.read_text(), flags=re.M)
-    assert sections == ["bokeh-uuids", "bokeh-point-times", "run-ids"]
+    assert sections == ["bokeh-uuids", "bokeh-point-times", "run-ids", "loopback-ports"]
     ignored = [n for n in NAMES for cell in code_cells(load(n)) if "NBVAL_IGNORE_OUTPUT" in cell.source]
     assert ignored == ["01_quickstart.ipynb"]  # %experiment_wait's count depends on the machine's speed
 
