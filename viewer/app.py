@@ -4,22 +4,10 @@
     viewer.serve(store="runs.duckdb")                  # blocks; http://127.0.0.1:5006
     server = viewer.serve(threaded=True)               # from a kernel; server.stop() later
 
-Pages: Runs (filter, select, open), Compare (the selected runs, or a whole
-sweep), Run (one run), Sweeps (each sweep's progress and best run) and Queue
-(what every process of the machine has queued or running, and its GPUs; with
-``allow_control`` also cancel and priority, ``components/queue_page.py``).
-
-**The place.** A header bar stays at the top of the window: the project's
-name (``project_name``: the folder the store belongs to), the store's path,
-the navigation between the pages (a tab strip, one ``.bk-tab`` per page) and
-the live run counts (all runs; running, queued and failed ones as badges in the
-viewer's one status colour scheme, ``STATUS_COLORS``); below it the page shown. It is
-built from Panel layouts, not one of Panel's templates: in Panel 1.9 every
-template adds an HTML pane as a root of the document, which makes Panel load
-MathJax (1.8 MB) into every page (Bootstrap adds 0.3 MB more), and the other
-templates fetch fonts from Google, which fails offline. Nothing the page loads
-comes from anywhere but the viewer server.
-
+Pages (tabs): Runs (filter, select, open), Compare (the selected runs, or a
+whole sweep), Run (one run), Sweeps (each sweep's progress and best run) and
+Queue (what every process of the machine has queued or running, and its GPUs;
+with ``allow_control`` also cancel and priority, ``components/queue_page.py``).
 Each browser session gets its own ``ViewerState``, whose reads run off the
 server's event loop; a periodic callback refreshes what is live (the header's
 run counts included) and retries reads that found the store busy, and the header
@@ -37,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from pathlib import Path
 
 import panel as pn
 import param
@@ -46,7 +33,7 @@ from notebook_exp.collectors import is_telemetry
 from notebook_exp.models import RunStatus
 
 from . import DEFAULT_REFRESH
-from .components.common import heading, message, preferred_key, status_badge, title
+from .components.common import STATUS_COLORS, heading, message, preferred_key, title
 from .components.export import MetricsExport
 from .components.metric_chart import MetricChart
 from .components.parallel_coords import ParallelCoords
@@ -58,26 +45,14 @@ from .components.scatter import ParamScatter
 from .components.sweeps import SweepsView
 from .state import ViewerState
 
-__all__ = ["ComparePage", "ViewerApp", "create_app", "project_name"]
+__all__ = ["ComparePage", "ViewerApp", "create_app"]
 
 log = logging.getLogger("notebook_exp.viewer")
 
 RUNS_TAB, COMPARE_TAB, RUN_TAB, SWEEPS_TAB, QUEUE_TAB = 0, 1, 2, 3, 4
 HEADER_BACKGROUND = "#17324d"
-HEADER_MUTED = "#c9d6e3"  # the store path and totals, on the header's background
 CONTROL_ANSWER_WAIT = 5.0  # seconds the Queue page waits for a run's owner to answer a request
-PAGES = ("runs", "compare", "run", "sweeps", "queue")  # the pages' names in the address, in tab order
-PAGE_TITLES = ("Runs", "Compare", "Run", "Sweeps", "Queue")
-#: The header's tab strip: light text on the dark bar, the page shown underlined.
-NAV_CSS = f"""
-:host {{ background: transparent; }}
-.bk-header {{ border-bottom: none !important; background: transparent !important; }}
-.bk-tab {{ color: {HEADER_MUTED} !important; background: transparent !important; border: none !important;
-  border-bottom: 3px solid transparent !important; padding: 6px 12px !important; font-size: 1.05em; }}
-.bk-tab:hover {{ color: white !important; }}
-.bk-tab:focus:not(:focus-visible) {{ outline: none; }}
-.bk-tab.bk-active {{ color: white !important; border-bottom-color: white !important; font-weight: 600; }}
-"""
+PAGES = ("runs", "compare", "run", "sweeps", "queue")  # the tabs' names in the address, in tab order
 #: ``ViewerState`` params kept in the address, by their query name.
 URL_QUERY = {"selected": "runs", "current_run": "run", "expression": "filter", "text": "q",
              "experiments": "experiment", "statuses": "status", "tags": "tag", "sweeps": "sweep"}
@@ -179,39 +154,28 @@ class ViewerApp:
         self.sweeps = SweepsView(state, on_compare=self.compare_sweep, on_open_run=self.open_run)
         self.queue = QueuePage(state, control=control)
         self.status = pn.pane.HTML("", css_classes=["nx-status"])
-        self.counts = pn.pane.HTML("", css_classes=["nx-run-counts"], styles={"color": "white"}, margin=(10, 10),
-                                   align="center")
+        self.counts = pn.pane.HTML("", css_classes=["nx-run-counts"], styles={"color": "white"}, margin=(6, 10))
         self.nav = Navigation()
-        self.pages = [self.runs.panel(), self.compare.panel(), self.run.panel(), self.sweeps.panel(),
-                      self.queue.panel()]
-        #: The page shown: only its models are in the browser (as a dynamic ``Tabs`` would do).
-        self.body = pn.Column(self.pages[RUNS_TAB], sizing_mode="stretch_width", css_classes=["nx-page"])
-        #: The navigation, in the header: a tab strip whose tabs are empty (the page shows in ``body``).
-        self.tabs = pn.Tabs(*[(name, pn.Spacer(height=0, margin=0)) for name in PAGE_TITLES],
-                            css_classes=["nx-nav"], stylesheets=[NAV_CSS], margin=(0, 10), align="end")
+        self.tabs = pn.Tabs(
+            ("Runs", self.runs.panel()), ("Compare", self.compare.panel()), ("Run", self.run.panel()),
+            ("Sweeps", self.sweeps.panel()), ("Queue", self.queue.panel()),
+            dynamic=True, sizing_mode="stretch_width",
+        )
         self._compare_stale = True
         state.param.watch(self._on_selected, "selected")
         state.param.watch(self._on_status, "status")
         self.tabs.param.watch(self._on_tab, "active")
         self.nav.param.watch(self._on_page, "page")
 
-    def header(self) -> pn.viewable.Viewable:
-        """The header bar, sticky at the top: where (project, store), the navigation, the live counts."""
-        place = pn.pane.HTML(
-            f'<span style="color:{HEADER_MUTED}">notebook_exp ·</span> '
-            f'<b class="nx-project" style="font-size:1.2em">{title(project_name(self.state.store_path))}</b>'
-            f'<div class="nx-store-path" style="color:{HEADER_MUTED};font-size:0.85em">'
-            f'{title(self.state.store_path)}</div>',
-            css_classes=["nx-header"], styles={"color": "white"}, margin=(6, 10), align="center",
-        )
-        return pn.Row(place, self.tabs, pn.HSpacer(), self.counts, sizing_mode="stretch_width",
-                      css_classes=["nx-header-bar"], margin=0, styles={
-                          "background": HEADER_BACKGROUND, "border-radius": "0 0 4px 4px", "position": "sticky",
-                          "top": "0", "z-index": "10", "box-shadow": "0 1px 4px rgba(0, 0, 0, 0.3)"})
-
     def layout(self) -> pn.viewable.Viewable:
-        """The header bar, the status line, the page shown."""
-        return pn.Column(self.header(), self.status, self.body, sizing_mode="stretch_width", css_classes=["nx-viewer"])
+        header = pn.pane.HTML(
+            f'<b style="font-size:1.15em">notebook_exp</b>&nbsp;&nbsp;'
+            f'<span style="color:#c9d6e3">{title(self.state.store_path)}</span>',
+            css_classes=["nx-header"], styles={"color": "white"}, margin=(6, 10),
+        )
+        bar = pn.Row(header, pn.HSpacer(), self.counts, sizing_mode="stretch_width",
+                     styles={"background": HEADER_BACKGROUND, "border-radius": "4px"})
+        return pn.Column(bar, self.status, self.tabs, sizing_mode="stretch_width")
 
     def restore(self) -> None:
         """Show what the state and ``nav`` say (an address just applied to them)."""
@@ -229,9 +193,11 @@ class ViewerApp:
 
     def _show_counts(self, counts: dict[str, int]) -> None:
         total = sum(counts.values())
-        live = "".join(status_badge(s, counts[s]) for s in ("running", "queued", "failed") if counts.get(s))
-        self.counts.object = (f'<span class="nx-totals" style="color:{HEADER_MUTED}">'
-                              f'{total} run{"s" if total != 1 else ""}</span>{live}')
+        live = "".join(
+            f' <span class="nx-live-count" style="background:{STATUS_COLORS[s]};color:white;border-radius:3px;'
+            f'padding:1px 6px;margin-left:6px">{counts[s]} {s}</span>'
+            for s in ("running", "queued") if counts.get(s))
+        self.counts.object = f'<span class="nx-totals">{total} run{"s" if total != 1 else ""}</span>{live}'
 
     def open_run(self, run_id: str) -> None:
         self.run.show(run_id)
@@ -261,7 +227,6 @@ class ViewerApp:
             self.tabs.active = page
 
     def _on_tab(self, event) -> None:
-        self.body.objects = [self.pages[event.new]]
         self.nav.page = PAGES[event.new]
         if event.new == COMPARE_TAB:
             self._update_compare()
@@ -330,15 +295,6 @@ def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH, allow_contr
         pn.state.add_periodic_callback(app.refresh, period=int(refresh_seconds * 1000))
         pn.state.on_session_destroyed(lambda _context: state.reads.close())
     return app.layout()
-
-
-def project_name(store_path) -> str:
-    """The project a store belongs to, for the header: the folder holding its
-    ``.notebook_exp`` folder (the default store's place), else the store's folder."""
-    folder = Path(store_path).absolute().parent
-    if folder.name == ".notebook_exp":
-        folder = folder.parent
-    return folder.name or str(folder)
 
 
 def viewer_control(store_path, user: str | None):

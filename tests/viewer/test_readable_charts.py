@@ -98,7 +98,7 @@ def noisy_page(browser, noisy_viewer):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.errors = []
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("pageerror", lambda exc: (page.errors.append(str(exc)), print("page error:", exc.stack)))
     page.goto(noisy_viewer)
     page.locator(".nx-runs-table .tabulator-row").first.wait_for()
     yield page

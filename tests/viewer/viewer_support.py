@@ -1,10 +1,5 @@
 """Support for the viewer tests: stores made by real runs (the tracking API writes them),
-a live run to start in a subprocess, and starting/stopping a real viewer server.
-
-``screenshot(page, name)`` keeps a full-page PNG of what the browser showed as a test
-artifact: ``test-artifacts/viewer-<name>.png`` at the repository's root (``ARTIFACTS``;
-ignored by git). ``test_place.py`` keeps one of every page, with data, at
-1,000 and 1,400 px: ``viewer-page-{runs,compare,run,sweeps,queue}-{1000,1400}.png``."""
+a live run to start in a subprocess, and starting/stopping a real viewer server."""
 
 from __future__ import annotations
 
@@ -162,7 +157,6 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 def screenshot(page, name: str) -> Path:
-    """Save the whole page as ``ARTIFACTS/viewer-<name>.png``; returns the path."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"viewer-{name}.png"
     page.screenshot(path=str(path), full_page=True)

@@ -5,10 +5,6 @@ anything, including markup. Panel's ``Str`` and ``Markdown`` panes hand their
 text to the browser as HTML, Tabulator sets column titles with ``innerHTML``
 and bokeh's MultiChoice renders option labels as HTML, so every such string
 goes through ``html.escape`` here first.
-
-Statuses look the same everywhere (``notebook_exp._style.STATUS_COLORS``): as
-coloured bold text in tables (``status_formatter``) and on the Run page
-(``status_text``), as a coloured badge in the header's counts (``status_badge``).
 """
 
 from __future__ import annotations
@@ -21,19 +17,13 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models.widgets.tables import NumberFormatter, StringFormatter
-from bokeh.transform import factor_cmap, linear_cmap
 
 from notebook_exp._style import PALETTE, STATUS_COLORS
 
 __all__ = [
     "PALETTE", "STATUS_COLORS", "choice_options", "color_for", "format_value", "heading", "kv_table",
-    "message", "preferred_key", "status_badge", "status_count_formatter", "status_formatter", "status_text",
-    "text_block", "title",
+    "message", "preferred_key", "text_block", "title",
 ]
-
-UNKNOWN_STATUS_COLOR = "#333333"
-ZERO_COUNT_COLOR = "#999999"
 
 
 def preferred_key(keys: list[str]) -> str | None:
@@ -103,31 +93,3 @@ def message(text: str, kind: str = "info") -> str:
     """An escaped one-line message as HTML (errors, hints)."""
     color = {"error": "#b00020", "info": "#555"}.get(kind, "#555")
     return f'<div class="nx-{kind}" style="color:{color}">{html.escape(text)}</div>'
-
-
-def status_formatter(field: str = "status") -> StringFormatter:
-    """A table column of statuses: each in its colour, bold (a status not known stays dark)."""
-    statuses = list(STATUS_COLORS)
-    colors = factor_cmap(field, [STATUS_COLORS[s] for s in statuses], statuses, nan_color=UNKNOWN_STATUS_COLOR)
-    return StringFormatter(text_color=colors, font_style="bold")
-
-
-def status_count_formatter(status: str, field: str | None = None) -> NumberFormatter:
-    """A table column counting runs of one status (the Sweeps page): counts above 0 in that
-    status's colour, zeros muted."""
-    color = STATUS_COLORS[status]
-    colors = linear_cmap(field or status, [ZERO_COUNT_COLOR, color], low=0, high=1, high_color=color)
-    return NumberFormatter(format="0", text_color=colors)
-
-
-def status_text(status: object, css_class: str = "nx-status-text") -> str:
-    """A status as coloured bold text (HTML, escaped)."""
-    color = STATUS_COLORS.get(str(status), UNKNOWN_STATUS_COLOR)
-    return f'<span class="{css_class}" style="color:{color}; font-weight:bold">{html.escape(str(status))}</span>'
-
-
-def status_badge(status: str, count: int) -> str:
-    """A count of runs of one status as a badge in that status's colour (HTML)."""
-    color = STATUS_COLORS.get(status, UNKNOWN_STATUS_COLOR)
-    return (f'<span class="nx-live-count" data-status="{html.escape(status)}" style="background:{color};'
-            f'color:white;border-radius:3px;padding:1px 6px;margin-left:6px">{int(count)} {html.escape(status)}</span>')

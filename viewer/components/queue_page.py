@@ -8,11 +8,6 @@ queue rows and the machine-wide GPU lease files. Per run: status, name, owner
 it has waited or run. Per GPU: utilisation and memory (NVML, or virtual GPUs),
 its holders, and whether it is reserved.
 
-Statuses are in the viewer's one colour scheme (``common.status_formatter``).
-The table fits the window: it scrolls sideways inside itself, with the status,
-name and run id columns frozen at its left (``FROZEN``), so the run id is never
-cut.
-
 The page refreshes itself while it is shown (the app's periodic callback),
 replacing the table's rows and the GPU cards in place, without a reload.
 
@@ -34,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
-from .common import STATUS_COLORS, format_value, message, status_formatter, title
+from .common import STATUS_COLORS, format_value, message, title
 
 __all__ = ["QueuePage", "gpu_cards", "queue_frame"]
 
@@ -45,9 +40,6 @@ COLUMNS = {
     "time": "for", "pending": "requests",
 }
 CONTROL_COLUMNS = {"cancel": "", "raise": "", "lower": ""}
-#: Columns that stay at the left while the table scrolls sideways in a narrow window.
-FROZEN = ("status", "name", "run_id")
-DEFAULT_MAX_COLUMN_WIDTH = 320  # px at most per column: a long name or owner ends in "..."
 CONTROL_LABELS = {"cancel": "cancel", "raise": "priority +1", "lower": "priority -1"}
 CONTROL_CSS = """
 .tabulator-cell[tabulator-field="cancel"]:not(:empty) { color: white; background: #d62728; cursor: pointer;
@@ -125,12 +117,11 @@ class QueuePage:
         self.note = pn.pane.HTML(message("Nothing queued or running on this machine."), css_classes=["nx-queue-note"])
         self.answer = pn.pane.HTML("", css_classes=["nx-control-answer"])
         columns = {**COLUMNS, **(CONTROL_COLUMNS if control else {})}
-        cells = {c: status_formatter() if c == "status" else {"type": "plaintext"} for c in COLUMNS}
+        buttons = {c: {"type": "plaintext"} for c in COLUMNS}
         self.table = pn.widgets.Tabulator(
             queue_frame([], control=control is not None), show_index=False, disabled=True, selectable=False,
-            sizing_mode="stretch_width", layout="fit_data_fill", titles={c: title(t) for c, t in columns.items()},
-            css_classes=["nx-queue"], formatters=cells, stylesheets=[CONTROL_CSS] if control else [],
-            frozen_columns=list(FROZEN), configuration={"columnDefaults": {"maxWidth": DEFAULT_MAX_COLUMN_WIDTH}},
+            sizing_mode="stretch_width", layout="fit_data_table", titles={c: title(t) for c, t in columns.items()},
+            css_classes=["nx-queue"], formatters=buttons, stylesheets=[CONTROL_CSS] if control else [],
         )
         if control is not None:
             self.table.on_click(self._on_click)

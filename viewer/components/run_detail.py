@@ -17,12 +17,12 @@ from notebook_exp.collectors import is_telemetry
 from notebook_exp.models import RunStatus
 
 from .common import (
+    STATUS_COLORS,
     choice_options,
     format_value,
     heading,
     kv_table,
     message,
-    status_text,
     text_block,
     title,
 )
@@ -126,9 +126,11 @@ class RunDetail:
     def _render(self, overview: dict, first: bool) -> None:
         run = overview["run"]
         self.status = run.get("status")
+        color = STATUS_COLORS.get(self.status, "#333")
         self.header.object = (
             f'<h2 class="nx-run-name" style="margin:0">{title(run.get("name"))}</h2>'
-            f'{status_text(self.status, "nx-run-status")} <span>{title(run.get("experiment"))}</span>'
+            f'<span class="nx-run-status" style="color:{color}; font-weight:bold">'
+            f'{title(self.status)}</span> <span>{title(run.get("experiment"))}</span>'
         )
         rows = [(label, run.get(field)) for label, field in INFO_FIELDS]
         self.info.object = kv_table(rows + git_rows(run.get("git")))

@@ -24,12 +24,18 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models.widgets.tables import DateFormatter, NumberFormatter, ScientificFormatter
+from bokeh.models.widgets.tables import (
+    DateFormatter,
+    NumberFormatter,
+    ScientificFormatter,
+    StringFormatter,
+)
+from bokeh.transform import factor_cmap
 
 from notebook_exp.models import RunStatus
 from notebook_exp.store.queries import EMPTY_FACETS, LIST_LAYOUT, FilterError, best_goal
 
-from .common import STATUS_COLORS, choice_options, message, status_formatter, title
+from .common import STATUS_COLORS, choice_options, message, title
 
 __all__ = ["RunsList"]
 
@@ -51,6 +57,12 @@ FROZEN = ("name", "run_id")
 DEFAULT_MAX_COLUMN_WIDTH = 320  # px at most per column: a long name ends in "..." and the run id stays in view
 
 
+def _status_formatter() -> StringFormatter:
+    statuses = list(STATUS_COLORS)
+    colors = factor_cmap("status", [STATUS_COLORS[s] for s in statuses], statuses, nan_color="#333333")
+    return StringFormatter(text_color=colors, font_style="bold")
+
+
 def column_title(column: str) -> str:
     """The escaped header of a runs-table column."""
     if column in BASE_TITLES:
@@ -66,7 +78,7 @@ def column_title(column: str) -> str:
 
 def column_formatter(column: str, dtype) -> object:
     if column == "status":
-        return status_formatter()
+        return _status_formatter()
     if column in ("created", "started"):
         return DateFormatter(format="%Y-%m-%d %H:%M:%S")
     if column == "duration":
@@ -202,10 +214,9 @@ class RunsList:
         keep = list(self.state.selected)
         self._loading = True
         try:
-            self.table.param.update(  # one change, so the browser renders the table once
-                titles={c: column_title(c) for c in frame.columns},
-                formatters={c: column_formatter(c, frame[c].dtype) for c in frame.columns}, value=frame,
-            )
+            self.table.titles = {c: column_title(c) for c in frame.columns}
+            self.table.formatters = {c: column_formatter(c, frame[c].dtype) for c in frame.columns}
+            self.table.value = frame
             positions = {run_id: i for i, run_id in enumerate(frame["run_id"])}
             self.table.selection = [positions[r] for r in keep if r in positions]
         finally:

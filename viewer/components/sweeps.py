@@ -4,9 +4,7 @@ Progress counts the sweep's runs: started (of all), running, stopped early (by
 its stop rule), completed, failed and queued. The best run is judged by the
 sweep's stop rule metric (its min, or max), else by the metric picked here.
 Clicking a sweep's row compares all its runs; clicking its best run opens it.
-Every cell is plain text (``common``): ids and names come from the store; the
-counts of running, completed, failed and queued runs above 0 are in those statuses'
-colours (``STATUS_COLORS``), like everywhere in the viewer.
+Every cell is plain text (``common``): ids and names come from the store.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import panel as pn
 
 from notebook_exp.collectors import is_telemetry
 
-from .common import format_value, message, preferred_key, status_count_formatter, title
+from .common import format_value, message, preferred_key, title
 
 __all__ = ["SweepsView", "sweeps_frame"]
 
@@ -28,7 +26,6 @@ COLUMNS = {
     "failed": "failed", "queued": "queued", "best_run": "best run", "best_value": "best", "metric": "metric",
 }
 READ_KEY = "sweeps"
-STATUS_COUNTS = ("running", "completed", "failed", "queued")  # count columns named after a status
 
 
 def sweeps_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -68,8 +65,7 @@ class SweepsView:
                                                "best_run", "best_value", "metric", "mode"])),
             show_index=False, disabled=True, selectable=False, sizing_mode="stretch_width", layout="fit_data_table",
             titles={c: title(t) for c, t in COLUMNS.items()}, css_classes=["nx-sweeps"],
-            formatters={c: status_count_formatter(c) if c in STATUS_COUNTS else {"type": "plaintext"}
-                        for c in COLUMNS},
+            formatters={c: {"type": "plaintext"} for c in COLUMNS},
         )
         self.table.on_click(self._on_click)
 
