@@ -274,13 +274,21 @@ def test_runs_table_at_1400px_shows_the_whole_run_id_column(noisy_page, noisy):
     def run_id_column() -> list[str]:
         header = page.locator('.nx-runs-table .tabulator-col[tabulator-field="run_id"]')
         expect(header).to_contain_text("run id")
-        seen = []
-        for cell in [header, *page.locator('.nx-runs-table .tabulator-cell[tabulator-field="run_id"]').all()]:
-            box = cell.bounding_box()
-            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 1400, box
-            assert cell.evaluate("el => el.scrollWidth <= el.clientWidth")  # no id cut short
-            seen.append(cell.inner_text().strip())
-        return seen[1:]
+        # Every run-id cell measured in one go in the page (evaluate_all: the table is in a
+        # shadow root), so a re-render between two measurements cannot hand back a cell that is gone.
+        cells = page.locator(
+            '.nx-runs-table .tabulator-col[tabulator-field="run_id"],'
+            ' .nx-runs-table .tabulator-cell[tabulator-field="run_id"]'
+        ).evaluate_all("""els => els.map(el => {
+            const box = el.getBoundingClientRect();
+            return {left: box.left, right: box.right, cut: el.scrollWidth > el.clientWidth,
+                    text: el.innerText.trim(), header: el.classList.contains("tabulator-col")};
+        })""")
+        assert [c["header"] for c in cells].count(True) == 1, cells
+        for cell in cells:
+            assert cell["left"] >= 0 and cell["right"] <= 1400, cell
+            assert not cell["cut"], cell  # no id cut short
+        return [c["text"] for c in cells if not c["header"]]
 
     assert sorted(run_id_column()) == sorted(ids.values())
     screenshot(page, "runs-table-1400")
