@@ -2,6 +2,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from notebook_exp.testing import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+READ_ONLY_WAIT = 30.0  # seconds a plain read-only connect keeps trying past writers' windows
 THREAD_GRACE = 2.0  # seconds the package's threads get to end after a test's teardown
 
 
@@ -48,11 +50,24 @@ def store_path(no_leaked_threads, tmp_path, monkeypatch):
 
 @pytest.fixture
 def read_only():
-    """Query a store file with plain duckdb, read-only, as an outside user would."""
+    """Query a store file with plain duckdb, read-only, as an outside user would: a
+    connect that meets a writer's short window (another process's lock, or this
+    process's own writer: "Unique file handle conflict") is tried again, for up to
+    ``READ_ONLY_WAIT`` seconds, as the README tells users to do."""
     import duckdb
 
     def query(path, sql, params=None):
-        con = duckdb.connect(str(path), read_only=True)
+        deadline = time.monotonic() + READ_ONLY_WAIT
+        while True:
+            try:
+                con = duckdb.connect(str(path), read_only=True)
+                break
+            except duckdb.Error as exc:
+                text = str(exc)
+                busy = "Could not set lock" in text or "Unique file handle conflict" in text
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         try:
             return con.execute(sql, params or []).fetchall()
         finally:
