@@ -202,3 +202,44 @@ def test_stopping_the_scheduler_forces_a_run_that_never_logs_without_waiting_its
     assert time.monotonic() - started < 10
     wait_until(lambda: alive(job.run_id[:8]) == [] and alive("notebook_exp-scheduler") == [], 5,
                "the end of the scheduler's threads")
+
+
+def test_a_warning_on_another_thread_is_not_hidden_while_the_writer_summarises_a_batch():
+    """The store's writer thread summarises every batch (NaN-ignoring min/max); it must not swap the
+    process-wide warning filters meanwhile, or a sink's "is failing" warning raised on its own thread
+    in that window is silently dropped (a CI run lost one that way)."""
+    import warnings
+
+    import numpy as np
+
+    from notebook_exp.store.batches import _summarize
+
+    keys, per_key = 50, 20_000  # a batch big enough that the writer spends most of its time in it
+    names = [f"k{i}" for i in range(keys)]
+    codes = np.repeat(np.arange(keys), per_key)
+    steps = np.tile(np.arange(per_key, dtype=np.int64), keys)
+    micros = np.arange(keys * per_key, dtype=np.int64)
+    values = np.where(np.arange(keys * per_key) % 3 == 0, np.nan, 1.0)
+    stop = threading.Event()
+    summarised = []
+
+    def summarise():
+        while not stop.is_set():
+            _summarize(names, codes, steps, micros, values)
+            summarised.append(1)
+
+    writer = threading.Thread(target=summarise, name="summarise")
+    issued = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        writer.start()
+        try:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline or len(summarised) < 20:
+                warnings.warn(f"sink failing {issued}", RuntimeWarning, stacklevel=1)
+                issued += 1
+                time.sleep(0.0005)
+        finally:
+            stop.set()
+            writer.join()
+    assert len([w for w in caught if "sink failing" in str(w.message)]) == issued

@@ -56,8 +56,6 @@ def _chunks_to_arrow(chunks):
 def _summarize(names, codes, steps, micros, values):
     """Per key (rows are grouped by key, steps ascending): count, first/last step,
     last value, NaN-ignoring min/max, last time."""
-    import warnings
-
     import numpy as np
     import pyarrow as pa
 
@@ -69,8 +67,10 @@ def _summarize(names, codes, steps, micros, values):
     else:
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         ends = np.r_[starts[1:], n]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN groups
+    # np.errstate, not warnings.catch_warnings: this runs on the store's writer thread, and
+    # catch_warnings swaps the process-wide filters, hiding other threads' warnings meanwhile
+    # (a sink's "is failing" warning was lost that way).
+    with np.errstate(invalid="ignore"):  # all-NaN groups
         low = np.fmin.reduceat(values, starts) if n else np.empty(0)
         high = np.fmax.reduceat(values, starts) if n else np.empty(0)
     nan_low, nan_high = np.isnan(low), np.isnan(high)
