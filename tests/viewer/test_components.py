@@ -41,6 +41,38 @@ def test_runs_table_columns_titles_and_formatters(state, sample):
     assert table.table.pagination == "remote" and "created" in table.table.hidden_columns
 
 
+def test_runs_table_widths_come_from_the_text_and_stay_put_on_a_reload(state, sample):
+    """Column widths are set in px from the rows' text (the browser measures nothing), the run id
+    column fits its 16 characters, and a reload of the same rows changes no column: each column
+    change makes the browser's Tabulator rebuild its columns."""
+    import pandas as pd
+    from notebook_exp_viewer.components.runs_table import (
+        CELL_PAD_PX,
+        CHAR_PX,
+        DEFAULT_MAX_COLUMN_WIDTH,
+        column_widths,
+    )
+
+    table = RunsList(state)
+    widths = table.table.widths
+    assert set(widths) == set(table.table.value.columns)
+    assert widths["run_id"] >= 16 * CHAR_PX + CELL_PAD_PX
+    assert all(0 < w <= DEFAULT_MAX_COLUMN_WIDTH for w in widths.values())
+    changed = []
+    table.table.param.watch(lambda event: changed.append(event.name), ["titles", "formatters", "widths"])
+    table.reload()
+    table._load(table.table.value.copy())
+    assert changed == []
+
+    frame = pd.DataFrame({"name": ["a" * 200, "b"], "param:lr": [0.5, -12345.678], "duration": [1234567.0, None],
+                          "best:loss": [1e-7, 0.25]})
+    found = column_widths(frame, {"name": "name", "param:lr": "lr", "duration": "d", "best:loss": "loss"})
+    assert found["name"] == DEFAULT_MAX_COLUMN_WIDTH  # a long name is cut with "...", never the run id
+    assert found["param:lr"] == len("-12345.6780") * CHAR_PX + CELL_PAD_PX
+    assert found["duration"] == len("1,234,567.0") * CHAR_PX + CELL_PAD_PX  # with thousands separators
+    assert found["best:loss"] == len("-1.2345e-07") * CHAR_PX + CELL_PAD_PX  # scientific below 1e-4
+
+
 def test_runs_table_selection_and_filter_keep_selection(state, sample):
     ids = sample[1]
     opened = []
