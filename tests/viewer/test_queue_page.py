@@ -14,6 +14,14 @@ import pytest
 from playwright.sync_api import expect
 from viewer_support import EXPECT_TIMEOUT_MS, screenshot, start_viewer, stop_process
 
+from notebook_exp._style import STATUS_COLORS
+
+
+def _rgb(hex_color: str) -> str:
+    """``#rrggbb`` as the browser's computed style writes it."""
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
 #: Queues three one-GPU runs named <tag>-0..2; each runs until its release file appears.
 SUBMITTER = """
     import pathlib, sys, time
@@ -92,6 +100,13 @@ def test_the_queue_page_lists_both_processes_runs_and_gpu_holders(page, queue_vi
         time.sleep(0.2)
     texts = statuses.all_inner_texts()
     assert texts.count("running") == 2 and texts.count("queued") == 4, texts
+    # Each status in its colour, the scheme of the runs table and the header (the cell's inner div).
+    shown = statuses.evaluate_all("""els => els.map(el => {
+        const span = el.firstElementChild || el;
+        return [el.innerText.trim(), getComputedStyle(span).color, getComputedStyle(span).fontWeight];
+    })""")
+    expected = {s: _rgb(STATUS_COLORS[s]) for s in ("running", "queued")}
+    assert all(color == expected[text] and int(weight) >= 700 for text, color, weight in shown), shown
     owners = set(page.locator('.nx-queue .tabulator-cell[tabulator-field="owner"]').all_inner_texts())
     assert any(f"pid {procs['a'].pid}" in o for o in owners) and any(f"pid {procs['b'].pid}" in o for o in owners)
     cards = holder_names(page)

@@ -22,7 +22,7 @@ from notebook_exp._style import PALETTE, STATUS_COLORS
 
 __all__ = [
     "PALETTE", "STATUS_COLORS", "choice_options", "color_for", "format_value", "heading", "kv_table",
-    "message", "preferred_key", "text_block", "title",
+    "message", "preferred_key", "status_formatter", "text_block", "title",
 ]
 
 
@@ -32,6 +32,17 @@ def preferred_key(keys: list[str]) -> str | None:
         if "loss" in key.lower():
             return key
     return keys[0] if keys else None
+
+
+def status_formatter():
+    """A Tabulator cell formatter for a ``status`` column: the status in bold, in its colour
+    (``STATUS_COLORS``, the one scheme of the runs table, the Queue page and the header)."""
+    from bokeh.models.widgets.tables import StringFormatter
+    from bokeh.transform import factor_cmap
+
+    statuses = list(STATUS_COLORS)
+    colors = factor_cmap("status", [STATUS_COLORS[s] for s in statuses], statuses, nan_color="#333333")
+    return StringFormatter(text_color=colors, font_style="bold")
 
 
 def color_for(i: int) -> str:

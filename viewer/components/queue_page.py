@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
-from .common import STATUS_COLORS, format_value, message, title
+from .common import STATUS_COLORS, format_value, message, status_formatter, title
 
 __all__ = ["QueuePage", "gpu_cards", "queue_frame"]
 
@@ -117,11 +117,11 @@ class QueuePage:
         self.note = pn.pane.HTML(message("Nothing queued or running on this machine."), css_classes=["nx-queue-note"])
         self.answer = pn.pane.HTML("", css_classes=["nx-control-answer"])
         columns = {**COLUMNS, **(CONTROL_COLUMNS if control else {})}
-        buttons = {c: {"type": "plaintext"} for c in COLUMNS}
+        formatters = {c: {"type": "plaintext"} for c in COLUMNS} | {"status": status_formatter()}
         self.table = pn.widgets.Tabulator(
             queue_frame([], control=control is not None), show_index=False, disabled=True, selectable=False,
             sizing_mode="stretch_width", layout="fit_data_table", titles={c: title(t) for c, t in columns.items()},
-            css_classes=["nx-queue"], formatters=buttons, stylesheets=[CONTROL_CSS] if control else [],
+            css_classes=["nx-queue"], formatters=formatters, stylesheets=[CONTROL_CSS] if control else [],
         )
         if control is not None:
             self.table.on_click(self._on_click)

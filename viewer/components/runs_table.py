@@ -30,14 +30,12 @@ from bokeh.models.widgets.tables import (
     DateFormatter,
     NumberFormatter,
     ScientificFormatter,
-    StringFormatter,
 )
-from bokeh.transform import factor_cmap
 
 from notebook_exp.models import RunStatus
 from notebook_exp.store.queries import EMPTY_FACETS, LIST_LAYOUT, FilterError, best_goal
 
-from .common import STATUS_COLORS, choice_options, message, title
+from .common import STATUS_COLORS, choice_options, message, status_formatter, title
 
 __all__ = ["RunsList"]
 
@@ -100,12 +98,6 @@ def _float_chars(values: np.ndarray, thousands: bool) -> int:
     return int(np.where(scientific, 11, digits + 5 + sign).max())
 
 
-def _status_formatter() -> StringFormatter:
-    statuses = list(STATUS_COLORS)
-    colors = factor_cmap("status", [STATUS_COLORS[s] for s in statuses], statuses, nan_color="#333333")
-    return StringFormatter(text_color=colors, font_style="bold")
-
-
 def column_title(column: str) -> str:
     """The escaped header of a runs-table column."""
     if column in BASE_TITLES:
@@ -121,7 +113,7 @@ def column_title(column: str) -> str:
 
 def column_formatter(column: str, dtype) -> object:
     if column == "status":
-        return _status_formatter()
+        return status_formatter()
     if column in ("created", "started"):
         return DateFormatter(format="%Y-%m-%d %H:%M:%S")
     if column == "duration":
