@@ -371,3 +371,62 @@ def test_groups_follow_the_param_and_runs_without_it_form_their_own(noisy):
     chart.set_series(runs[:1], ["loss"])  # one run: nothing to group
     assert not chart.group_by.visible
     assert [r.name for r in chart.figure.renderers if r.name in ("nx-curve", "nx-group")] == ["nx-curve"]
+
+
+# -- every page fits the window ------------------------------------------------------------------
+#: What each page shows once its data arrived (a locator), by the address that opens it.
+PAGE_READY = {
+    "runs": ".nx-runs-table .tabulator-row",
+    "compare": ".bk-Canvas",
+    "run": ".nx-run-status",
+    "sweeps": ".bk-tab.bk-active",
+    "queue": ".nx-queue-note, .nx-queue .tabulator-row",
+}
+
+
+#: The right edge of every shown chart canvas, through bokeh's nested shadow roots.
+CANVAS_RIGHTS_JS = """() => {
+  const out = [];
+  const walk = root => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.tagName === 'CANVAS') {
+        const box = el.getBoundingClientRect();
+        if (box.width > 0 && box.height > 0) out.push(box.right);
+      }
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1000, 1400])
+def test_every_page_fits_the_window_at_1000_and_1400_px(browser, noisy_viewer, noisy, width):
+    """Each page, opened by its address, is no wider than the window (a wide table scrolls inside
+    itself), its charts end inside it, and nothing fails in the page; a screenshot of each."""
+    import urllib.parse
+
+    _store, ids = noisy
+    seeds = [ids[name] for name in SEEDS]
+    queries = {"runs": {}, "compare": {"runs": json.dumps(seeds)}, "run": {"run": ids["lr=0.5 bs=8"]},
+               "sweeps": {}, "queue": {}}
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        for name, query in queries.items():
+            page.goto(f"{noisy_viewer}/?" + urllib.parse.urlencode({"page": name, **query}))
+            expect(page.locator(".bk-tab.bk-active").first).to_have_text(name.capitalize())
+            page.locator(PAGE_READY[name]).first.wait_for(timeout=30_000)
+            time.sleep(0.5)  # the layout settles (charts size themselves to the page)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, name
+            rights = page.evaluate(CANVAS_RIGHTS_JS)
+            if name in ("compare", "run"):
+                assert rights, f"{name}: no chart drawn"
+            assert all(right <= width + 1 for right in rights), f"{name}: a chart ends past the window: {rights}"
+            screenshot(page, f"page-{name}-{width}")
+        assert errors == []
+    finally:
+        context.close()
