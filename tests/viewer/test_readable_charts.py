@@ -404,7 +404,8 @@ CANVAS_RIGHTS_JS = """() => {
 @pytest.mark.parametrize("width", [1000, 1400])
 def test_every_page_fits_the_window_at_1000_and_1400_px(browser, noisy_viewer, noisy, width):
     """Each page, opened by its address, is no wider than the window (a wide table scrolls inside
-    itself), its charts end inside it, and nothing fails in the page; a screenshot of each."""
+    itself), its charts end inside it, nothing fails in the page and nothing is fetched from
+    another host (the viewer works offline); a screenshot of each."""
     import urllib.parse
 
     _store, ids = noisy
@@ -413,8 +414,10 @@ def test_every_page_fits_the_window_at_1000_and_1400_px(browser, noisy_viewer, n
                "sweeps": {}, "queue": {}}
     context = browser.new_context(viewport={"width": width, "height": 900})
     page = context.new_page()
-    errors = []
+    errors, hosts = [], set()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda request: hosts.add(urllib.parse.urlsplit(request.url).netloc)
+            if request.url.startswith(("http:", "https:", "ws:", "wss:")) else None)  # not data: or blob:
     try:
         for name, query in queries.items():
             page.goto(f"{noisy_viewer}/?" + urllib.parse.urlencode({"page": name, **query}))
@@ -428,5 +431,6 @@ def test_every_page_fits_the_window_at_1000_and_1400_px(browser, noisy_viewer, n
             assert all(right <= width + 1 for right in rights), f"{name}: a chart ends past the window: {rights}"
             screenshot(page, f"page-{name}-{width}")
         assert errors == []
+        assert hosts == {urllib.parse.urlsplit(noisy_viewer).netloc}  # nothing from elsewhere: works offline
     finally:
         context.close()
