@@ -65,6 +65,9 @@ def test_wheel_in_a_fresh_venv_logs_800k_points_that_plain_duckdb_reads(fresh_ve
     assert read_only(store, "SELECT count(*), sum(count) FROM metric_summary WHERE key IN ('loss', 'acc')") == [(8, 800_000)]
     # the viewer and the CLI come with the wheel, not only with the checkout
     run([str(python), "-c", "import notebook_exp_viewer, notebook_exp.widgets.run_card"], cwd=work, env=env)
+    # with the served template's script (package data)
+    run([str(python), "-c", "import importlib.resources as r; "
+         "assert (r.files('notebook_exp_viewer') / 'static' / 'tabulator_guard.js').is_file()"], cwd=work, env=env)
     help_text = run([str(venv / "bin" / "notebook-exp"), "view", "--help"], cwd=work, env=env).stdout
     assert "--basic-auth" in help_text
 

@@ -45,7 +45,7 @@ from .components.scatter import ParamScatter
 from .components.sweeps import SweepsView
 from .state import ViewerState
 
-__all__ = ["ComparePage", "ViewerApp", "create_app"]
+__all__ = ["ComparePage", "ViewerApp", "ViewerTemplate", "create_app"]
 
 log = logging.getLogger("notebook_exp.viewer")
 
@@ -143,6 +143,17 @@ class ComparePage:
         self.chart.refresh()
 
 
+class ViewerTemplate(pn.template.VanillaTemplate):
+    """The served page: Panel's VanillaTemplate, less its one outside resource (Lato from
+    Google Fonts; the template's CSS falls back to the system's sans-serif), so the viewer
+    loads nothing but from its own server and works offline; plus
+    ``static/tabulator_guard.js``, which keeps Tabulator from failing when a table's columns
+    change before it is built (the file says why)."""
+
+    _resources = {"css": {}}
+    _js = "static/tabulator_guard.js"
+
+
 class ViewerApp:
     """The pages of one browser session, wired to one ``ViewerState``."""
 
@@ -154,7 +165,8 @@ class ViewerApp:
         self.sweeps = SweepsView(state, on_compare=self.compare_sweep, on_open_run=self.open_run)
         self.queue = QueuePage(state, control=control)
         self.status = pn.pane.HTML("", css_classes=["nx-status"])
-        self.counts = pn.pane.HTML("", css_classes=["nx-run-counts"], styles={"color": "white"}, margin=(6, 10))
+        self.counts = pn.pane.HTML("", css_classes=["nx-run-counts"], styles={"color": "white", "white-space": "nowrap"},
+                                   margin=(6, 10), align="center")
         self.nav = Navigation()
         self.tabs = pn.Tabs(
             ("Runs", self.runs.panel()), ("Compare", self.compare.panel()), ("Run", self.run.panel()),
@@ -166,6 +178,17 @@ class ViewerApp:
         state.param.watch(self._on_status, "status")
         self.tabs.param.watch(self._on_tab, "active")
         self.nav.param.watch(self._on_page, "page")
+
+    def template(self) -> pn.template.BaseTemplate:
+        """The served page: Panel's plain template, its header bar holding the project's
+        name, the store and the live run counts, the pages in its main area."""
+        store = pn.pane.HTML(f'<span style="color:#c9d6e3">{title(self.state.store_path)}</span>',
+                             css_classes=["nx-header"], styles={"white-space": "nowrap"}, margin=(6, 10),
+                             align="center")
+        return ViewerTemplate(
+            title="notebook_exp viewer", header_background=HEADER_BACKGROUND, header=[store, pn.HSpacer(), self.counts],
+            main=[self.status, self.tabs],
+        )
 
     def layout(self) -> pn.viewable.Viewable:
         header = pn.pane.HTML(
@@ -274,8 +297,10 @@ def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH, allow_contr
     """Build the viewer for one session; in a server session the address's query
     (``URL_QUERY``, ``page=``) restores a view and follows it.
 
-    In a server session its reads run off the event loop and fill the page as
-    they arrive; anywhere else (a test, a notebook) they run at once. ``allow_control``
+    In a server session the page is a Panel template (``ViewerApp.template``: a header bar
+    with the store and live run counts over the pages) and its reads run off the event loop,
+    filling the page as they arrive; anywhere else (a test, a notebook) it is a plain column
+    with the same header and pages, and reads run at once. ``allow_control``
     gives the Queue page its cancel and priority buttons."""
     doc = pn.state.curdoc
     served = doc is not None and doc.session_context is not None
@@ -294,6 +319,7 @@ def create_app(store=None, refresh_seconds: float = DEFAULT_REFRESH, allow_contr
     if served:
         pn.state.add_periodic_callback(app.refresh, period=int(refresh_seconds * 1000))
         pn.state.on_session_destroyed(lambda _context: state.reads.close())
+        return app.template()
     return app.layout()
 
 

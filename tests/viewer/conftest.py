@@ -91,3 +91,5 @@ def page(browser, viewer):
     page.watch = PageWatch(page, viewer)
     yield page
     context.close()
+    # whatever the test checked, a script error in the page is a failure of the viewer
+    assert page.watch.errors == [], f"the page raised: {page.watch.errors}"
