@@ -114,8 +114,8 @@ __all__ = ["AUTO_MAX_WAIT", "AUTO_QUIET", "BLOCK_SIZE", "CHUNK_POINTS", "POINTS"
 
 log = logging.getLogger("notebook_exp.store")
 
-#: Block size of the compacted file (bytes); see the module docstring.
-BLOCK_SIZE = 65_536
+#: Block size of the compacted file (bytes), new stores' too (``schema.BLOCK_SIZE``); see the module docstring.
+BLOCK_SIZE = schema.BLOCK_SIZE
 #: Points copied per read-only session (measured: such a session holds the store about 20-150 ms).
 CHUNK_POINTS = 100_000
 #: DuckDB's row group size: the copy hands it batches of exactly this many rows.

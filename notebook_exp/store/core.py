@@ -134,6 +134,9 @@ class Store:
             # A query past 2 s would draw DuckDB's progress-bar widget into whatever cell is running
             # (a background flush under load did, in a notebook); not settable in ``config``.
             self._conn.execute("SET enable_progress_bar = false")
+            # A store this process creates gets small blocks (``schema.BLOCK_SIZE``); an existing
+            # file keeps its own.
+            self._conn.execute(f"SET default_block_size = {schema.BLOCK_SIZE}")
         return self._conn
 
     def _try_attach(self, write: bool) -> int | None:

@@ -88,7 +88,12 @@ def auto(path, *args) -> str:
 
 @pytest.fixture(scope="module")
 def fragmented(tmp_path_factory):
+    """A store logged in small flushes into a file with DuckDB's 256 KiB blocks, as every store
+    made before new stores got ``schema.BLOCK_SIZE`` blocks: fragmented enough to compact."""
     path = tmp_path_factory.mktemp("fragmented") / "store.duckdb"
+    conn = duckdb.connect(":memory:")
+    conn.execute(f"ATTACH '{path}' AS store (BLOCK_SIZE 262144)")
+    conn.close()
     env = {**os.environ, "NOTEBOOK_EXP_STORE": str(path), "NOTEBOOK_EXP_TELEMETRY_INTERVAL": "0",
            "NOTEBOOK_EXP_CAPTURE_GIT": "false"}
     proc = python(FRAGMENT, env=env)

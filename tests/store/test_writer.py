@@ -48,3 +48,32 @@ def test_a_failing_write_still_restores_the_switch_interval(store_path, switch_i
     assert sys.getswitchinterval() == switch_interval
     ok = writer.submit("SELECT 1")
     assert writer.wait(ok, timeout=30)
+
+
+def block_size(read_only, path) -> int:
+    ((size,),) = read_only(path, "SELECT block_size FROM pragma_database_size()")
+    return size
+
+
+def test_a_new_store_has_small_blocks_and_an_old_one_keeps_its_own(store_path, tmp_path, read_only):
+    """A store this package creates uses ``schema.BLOCK_SIZE`` (64 KiB) blocks, not DuckDB's
+    256 KiB; a store made before keeps its 256 KiB blocks and takes new points as before."""
+    import duckdb
+
+    import notebook_exp as nx
+    from notebook_exp.store import schema
+    from notebook_exp.testing import shutdown
+
+    with nx.start_run("new") as run:
+        run.log(loss=0.5, step=0)
+    old = tmp_path / "old.duckdb"
+    conn = duckdb.connect(":memory:")
+    conn.execute(f"ATTACH '{old}' AS store (BLOCK_SIZE 262144)")
+    conn.close()
+    with nx.start_run("into the old one", store=old) as run:
+        for step in range(1000):
+            run.log(loss=1.0 / (step + 1), step=step)
+    shutdown()
+    assert block_size(read_only, store_path) == schema.BLOCK_SIZE == 65_536
+    assert block_size(read_only, old) == 262_144
+    assert read_only(old, "SELECT count(*), max(step) FROM metrics") == [(1000, 999)]
