@@ -142,9 +142,12 @@ def test_run_page_system_tab_shows_real_telemetry_and_git(page, viewer):
     if git_info() is not None:  # the sample runs ran in this checkout
         expect(page.locator(".nx-run-info")).to_contain_text("git commit")
     page.locator(".bk-tab", has_text="System").click()
-    keys = wait_for(lambda: [k for k in page.evaluate(KEYS_JS) if "sys/memory_rss_mb" in k])
-    assert keys, page.evaluate(KEYS_JS)
-    assert any("gpu/0/utilization_percent" in k for k in page.evaluate(KEYS_JS))
+
+    def drawn() -> bool:  # each chart fills when its own read arrives: wait for both kinds
+        keys = page.evaluate(KEYS_JS)
+        return all(any(wanted in key for key in keys) for wanted in ("sys/memory_rss_mb", "gpu/0/utilization_percent"))
+
+    assert wait_for(drawn), page.evaluate(KEYS_JS)
     expect(page.locator(".nx-sys-chart canvas").first).to_be_visible()
     screenshot(page, "run-system-tab")
 
