@@ -75,6 +75,8 @@ def test_the_header_bar_names_the_store_and_counts_the_runs(page, viewer, browse
 def test_a_table_given_columns_before_it_is_built_is_built_with_them(page, viewer):
     open_viewer(page, viewer)
     assert page.evaluate("() => Tabulator.prototype.nxGuarded") is True
+    assert page.evaluate("() => Bokeh.Models.get('panel.models.tabulator.DataTabulator')"
+                         ".prototype.default_view.prototype.nxGuarded") is True
     assert page.evaluate(RAW_TABLE_JS) == {"error": None, "fields": ["b"], "header": "B"}
     assert page.watch.errors == []
 
