@@ -3,8 +3,11 @@
 ``serve()`` blocks in the main thread until SIGINT (Ctrl-C) or SIGTERM, then
 stops cleanly and returns: it stops accepting connections, tells every
 browser session it is going away (websocket close 1001), destroys the
-sessions (their periodic refreshes and pending reads end), stops the loop and
-puts the previous signal handlers back. A second signal while stopping ends
+sessions (their periodic refreshes and pending reads end), stops the loop,
+cancels and ends the tasks still pending on it, and puts the previous signal
+handlers back. A write to a browser that has gone (bokeh's "Failed sending
+message as connection was closed", tornado's ``WebSocketClosedError``) is
+normal and logged at DEBUG, not printed: in a kernel it landed in a cell. A second signal while stopping ends
 the loop at once. ``threaded=True`` serves from a background thread instead
 (in a kernel) and returns at once; ``.stop()`` ends it the same way.
 """
@@ -96,6 +99,33 @@ def _origins(host: str, port: int) -> list[str]:
     return sorted(f"{name}:{port}" for name in names if name not in ("0.0.0.0", "::"))
 
 
+CLOSED_TAB_WARNING = "Failed sending message as connection was closed"
+
+
+class ClosedTabFilter(logging.Filter):
+    """Demotes bokeh's warning for an update sent to a browser tab that just closed to DEBUG.
+
+    A tab closing while its session still has an update on the way (a live
+    refresh, a chart's read) is normal; bokeh warns anyway, and in a kernel
+    that warning lands on stderr in whatever cell runs next (nbval fails on it).
+    Nothing is lost: the session is destroyed with its tab. With the
+    ``bokeh.server.views.ws`` logger at DEBUG the record still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or record.getMessage() != CLOSED_TAB_WARNING:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_closed_tabs() -> None:
+    """Installs ``ClosedTabFilter`` on bokeh's websocket logger (once)."""
+    ws_log = logging.getLogger("bokeh.server.views.ws")
+    if not any(isinstance(f, ClosedTabFilter) for f in ws_log.filters):
+        ws_log.addFilter(ClosedTabFilter())
+
+
 class ViewerServer:
     """One viewer server: its ``port`` and ``url``, ``stop()``, and how it ended.
 
@@ -173,8 +203,10 @@ class ViewerServer:
         self._loop = self._server.io_loop.asyncio_loop
 
     def _serve(self) -> None:
+        self._loop.set_exception_handler(quiet_closed_sockets)
         self._server.start()
         self._server.io_loop.start()  # returns once _shutdown stopped it
+        drain(self._loop)
 
     def _thread_main(self) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())
@@ -213,6 +245,40 @@ class ViewerServer:
             log.exception("stopping the viewer failed")
         finally:
             self._loop.stop()
+
+
+def quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The server loop's exception handler: a write to a websocket whose browser has gone
+    (tornado's ``WebSocketClosedError`` or ``StreamClosedError``, left in a task nobody
+    awaits once its session ended) is logged at DEBUG; anything else goes to asyncio's
+    default handler, as before."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    if isinstance(context.get("exception"), (WebSocketClosedError, StreamClosedError)):
+        log.debug("a write to a closed browser connection: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
+def drain(loop: asyncio.AbstractEventLoop, timeout: float = DEFAULT_CLOSE_WAIT) -> int:
+    """Cancel the tasks still pending on the stopped server ``loop`` and let them end (at
+    most ``timeout`` seconds), as ``asyncio.run`` does; returns how many there were.
+
+    Without it, the tasks sessions leave behind (Panel's indicator throttles, a
+    pending read) were destroyed pending when the loop closed, each printing "Task
+    was destroyed but it is pending!" (into a kernel's cell, from ``.stop()``).
+    """
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=timeout))
+    for task in pending:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("a viewer task ended with %r while stopping", task.exception())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    return len(pending)
 
 
 async def close_sessions(server) -> int:
@@ -278,6 +344,7 @@ def serve(store=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, show: 
     def make():
         import panel as pn
 
+        quiet_closed_tabs()
         return pn.serve(app, port=port, address=host, show=show, start=False, threaded=False, **options)
 
     server = ViewerServer(make, host)
