@@ -13,7 +13,7 @@ process's CPU time are printed too, as a loaded machine inflates wall times):
   runs     the Runs page's load read (``RunsList.reload``: facets, the default
            metric columns, ``ViewerState.list_runs``) (budget 100 ms);
   compare  the Compare chart's read (``ViewerState.series_buckets``, and
-           ``run_params`` to group by a param) of the 10 and the 100 newest runs
+           ``chart_read``: with the params to group by, in the same session) of the 10 and the 100 newest runs
            (budgets 150 ms and 300 ms);
   queue    the Queue page's refresh (``queue_page.read_queue``) with 1,000 queued
            runs (budget 50 ms);
@@ -463,7 +463,7 @@ def bench_big_runs_page(path: Path) -> None:
 
 def bench_big_compare(path: Path, ids: list[str], steps: int) -> None:
     """What the Compare chart reads (``MetricChart._query``): ``series_buckets`` of the
-    selected runs, and their params the first time (to group by)."""
+    selected runs, and with their params the first time (to group by: ``chart_read``)."""
     from notebook_exp_viewer.state import ViewerState
 
     state = ViewerState(path)
@@ -474,8 +474,9 @@ def bench_big_compare(path: Path, ids: list[str], steps: int) -> None:
         assert len(per_run) == n and per_run.max() <= 1000, per_run
         print(f"compare {n} runs x {steps:,} steps ({n * steps / 1e6:g} M points read) -> {per_run.max()} "
               f"buckets/run: {_figures(t, budget)}")
-        t, _ = measured(lambda c=chosen: (state.series_buckets(c, ["loss"], "step"), state.run_params(c)), repeat=5)
-        print(f"  grouped by a param (series_buckets and run_params: the chart's first read): {_figures(t, budget)}")
+        t, _ = measured(lambda c=chosen: state.chart_read(c, ["loss"], "step", params=True), repeat=5)
+        print(f"  grouped by a param (chart_read: buckets and params in one session, the chart's first read): "
+              f"{_figures(t, budget)}")
         window = (steps * 0.4, steps * 0.45)
         t, _ = measured(lambda c=chosen, w=window: state.series_buckets(c, ["loss"], "step", window=w), repeat=5)
         print(f"  zoomed to 5% of the steps: {_figures(t)}")

@@ -122,6 +122,32 @@ def test_compare_data(state, sample):
     assert {"loss", "acc"} <= set(data["summary"]["key"])
 
 
+def test_run_params_are_each_runs_flat_params_and_nothing_for_unknown_ids(state, sample):
+    ids = sample[1]
+    params = state.run_params([ids["lr-0.01"], ids["lr-0.1"], "no-such-run"])
+    assert params == {ids["lr-0.01"]: state.compare_data([ids["lr-0.01"]])["params"][ids["lr-0.01"]],
+                      ids["lr-0.1"]: {"lr": 0.1, "bs": 32, "opt": "adam", "layers": 2}}
+    assert state.run_params([]) == {}
+
+
+def test_a_charts_read_is_its_buckets_and_params_in_one_session(state, sample):
+    ids = [sample[1]["lr-0.01"], sample[1]["lr-0.1"]]
+    buckets, params = state.chart_read(ids, ["loss", "acc"], params=True)
+    alone = state.series_buckets(ids, ["loss", "acc"])
+    pd.testing.assert_frame_equal(buckets.buckets, alone.buckets)
+    assert buckets.full == alone.full and buckets.extents == alone.extents
+    assert params == state.run_params(ids)
+    sessions = []
+    session = state.store.session
+    state.store.session = lambda *a, **kw: sessions.append(kw) or session(*a, **kw)
+    try:
+        again, none = state.chart_read(ids, ["loss"], params=False)
+        _, with_params = state.chart_read(ids, ["loss"], params=True)
+    finally:
+        del state.store.session
+    assert len(sessions) == 2 and none is None and with_params == params and len(again.buckets)
+
+
 def test_run_overview_and_media(state, sample):
     ids = sample[1]
     failed = state.run_overview(ids["exploding"])

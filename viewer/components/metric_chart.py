@@ -334,7 +334,7 @@ class MetricChart:
         params = len(run_ids) > 1 and self._params_of != run_ids
 
         def read():
-            return state.series_buckets(*args), (state.run_params(run_ids) if params else None), run_ids
+            return (*state.chart_read(*args, params=params), run_ids)
 
         self.state.reads.submit(self._read_key, read, self._on_series, periodic=periodic)
 

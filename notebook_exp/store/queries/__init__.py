@@ -38,6 +38,7 @@ from .detail import (
     recent_runs,
     run_media,
     run_overview,
+    run_params,
     status_counts,
     sweep_runs,
     sweeps,
@@ -86,6 +87,6 @@ __all__ = [
     "RunTarget", "RunsLayout", "best_goal", "bucket_points", "compare_rows", "compile_filter", "count_runs", "demo_summary",
     "downsample", "downsample_buckets", "ema", "empty_buckets", "empty_runs_table", "facets", "find_runs", "flatten", "gpu_states", "json_pointer",
     "last_values", "merge_buckets", "metric_keys", "metric_points", "metrics", "param_paths", "queue_entries", "read", "reader",
-    "recent_runs", "run_media", "running_mean", "run_overview", "runs", "runs_table", "series_extents", "sql", "status_counts", "sweep_runs",
+    "recent_runs", "run_media", "running_mean", "run_overview", "run_params", "runs", "runs_table", "series_extents", "sql", "status_counts", "sweep_runs",
     "sweeps",
 ]
