@@ -101,10 +101,19 @@ def test_the_queue_page_lists_both_processes_runs_and_gpu_holders(page, queue_vi
     texts = statuses.all_inner_texts()
     assert texts.count("running") == 2 and texts.count("queued") == 4, texts
     # Each status in its colour, the scheme of the runs table and the header (the cell's inner div).
-    shown = statuses.evaluate_all("""els => els.map(el => {
-        const span = el.firstElementChild || el;
-        return [el.innerText.trim(), getComputedStyle(span).color, getComputedStyle(span).fontWeight];
-    })""")
+    # The live table re-renders its rows on each tick; Playwright finds the cells, then evaluates in a
+    # second step, so a cell may be detached by then (its computed style is empty): read again.
+    deadline = time.monotonic() + 10
+    while True:
+        shown = statuses.evaluate_all("""els => els.map(el => {
+            const span = el.firstElementChild || el;
+            return [el.innerText.trim(), getComputedStyle(span).color, getComputedStyle(span).fontWeight,
+                    el.isConnected];
+        })""")
+        if all(connected for *_, connected in shown) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    shown = [entry[:3] for entry in shown]
     expected = {s: _rgb(STATUS_COLORS[s]) for s in ("running", "queued")}
     assert all(color == expected[text] and int(weight) >= 700 for text, color, weight in shown), shown
     owners = set(page.locator('.nx-queue .tabulator-cell[tabulator-field="owner"]').all_inner_texts())
